@@ -1,0 +1,188 @@
+"""DCM model folders: load, save, and export to a folder stock diffusers runs with no code of ours.
+
+A **DCM folder** is a diffusers pipeline folder whose ``transformer/`` is the semantic expert, plus
+
+    dcm_config.json                                  # DCMModelConfig: family, grid, detail expert, defaults
+    detail_expert/diffusion_pytorch_model.safetensors  # LoRA A/B + the duplicated timestep layers
+
+Stock ``WanPipeline.from_pretrained`` loads such a folder as the semantic expert alone. An **export**
+(:func:`export_diffusers`) is a Wan2.2-style folder: ``transformer`` = semantic expert, ``transformer_2`` = detail
+expert with the LoRA merged, ``boundary_ratio`` from the boundary, and an Euler flow-matching scheduler.
+
+Weights are read with safetensors only (diffusers' ``use_safetensors=True``); nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from safetensors.torch import load_file, save_file
+
+from dcm.config import DCMModelConfig, model_config_from_dict, to_dict
+from dcm.experts import DETAIL, SEMANTIC, DualExpertTransformer
+from dcm.io.storage import Store, is_s3
+from dcm.models import family_of, get_family
+from dcm.pipeline import DCMPipeline
+from dcm.presets import PRESETS, get_preset
+from dcm.schedule import build_grid
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "dcm_config.json"
+DETAIL_DIR = "detail_expert"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+MODEL_CACHE_ENV = "DCM_MODEL_CACHE"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(MODEL_CACHE_ENV, Path.home() / ".cache" / "dcm" / "models"))
+
+
+def load_pipeline(
+    source: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    endpoint_url: str | None = None,
+) -> DCMPipeline:
+    """Loads a model by preset name, local folder, ``s3://`` folder or diffusers hub id.
+
+    * a tiny preset (``tiny-wan``, ``tiny-hunyuan``) is built in memory, with a fresh detail expert;
+    * a DCM folder gives the dual-expert student;
+    * a plain diffusers folder or hub id (a teacher, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) gives a plain model
+      whose DCM config comes from the matching preset (for distillation) and which samples with the teacher schedule.
+    """
+    if source in PRESETS and PRESETS[source].build_components is not None:
+        preset = get_preset(source)
+        dcm = DCMPipeline.from_components(preset.build_components(), preset.config, with_detail=True)
+        if dtype not in (None, torch.float32):
+            dcm.to(dtype=dtype)
+    else:
+        if source in PRESETS:
+            source = PRESETS[source].hub_id
+        local = _localise(source, endpoint_url)
+        dcm = _load_folder(local, dtype=dtype)  # diffusers keeps its fp32-sensitive modules in fp32
+    if device is not None:
+        dcm.to(device)
+    return dcm
+
+
+def _localise(source: str, endpoint_url: str | None) -> str:
+    """An s3:// folder is downloaded once into the cache; anything else is returned as is."""
+    if not is_s3(source):
+        if not Path(source).exists() and ("/" not in source or source.startswith((".", "/"))):
+            raise FileNotFoundError(
+                f"model {source!r} is neither a preset ({sorted(PRESETS)}), an existing folder, an s3:// URI "
+                f"nor a hub id (owner/name)"
+            )
+        return source
+    target = default_cache_dir() / hashlib.sha256(source.encode()).hexdigest()[:16]
+    if not (target / "model_index.json").exists():
+        logger.info("downloading %s to %s", source, target)
+        Store(source, endpoint_url).download_to(target)
+        if not (target / "model_index.json").exists():
+            raise FileNotFoundError(f"{source} has no model_index.json: not a diffusers/DCM model folder")
+    return str(target)
+
+
+def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
+    kwargs = {"use_safetensors": True}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    family = family_of(type(pipe).__name__)
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise ValueError(
+            f"{path} is a two-transformer (Wan2.2-style) folder, e.g. a DCM export; load it with stock "
+            f"diffusers.WanPipeline, or load the DCM folder it was exported from"
+        )
+    config_path = Path(path, CONFIG_NAME)
+    if not config_path.exists():
+        config = _teacher_config(family)
+        logger.info("%s has no %s: loaded as a plain %s teacher", path, CONFIG_NAME, family)
+        return DCMPipeline(pipe, config)
+    config = model_config_from_dict(json.loads(config_path.read_text()))
+    if config.family != family:
+        raise ValueError(f"{config_path} says family {config.family!r} but the pipeline is a {family!r} pipeline")
+    if config.detail is None:
+        return DCMPipeline(pipe, config)
+    transformer = DualExpertTransformer(pipe.transformer, build_grid(config.schedule), config.detail)
+    state = load_file(str(Path(path, DETAIL_DIR, WEIGHTS_NAME)))
+    transformer.load_detail_state_dict(state)
+    transformer.to(pipe.transformer.dtype)
+    return DCMPipeline(pipe, config, transformer)
+
+
+def _teacher_config(family: str) -> DCMModelConfig:
+    """The paper's config for a real teacher of this family (from the real-checkpoint preset)."""
+    for preset in PRESETS.values():
+        if preset.hub_id is not None and preset.config.family == family:
+            return preset.config
+    raise ValueError(f"no preset for family {family!r}")
+
+
+def _plain_transformer(dcm: DCMPipeline, expert: str):
+    """A stock diffusers transformer holding one expert's weights (built on the meta device, no extra copy)."""
+    family = get_family(dcm.config.family)
+    state = dcm.transformer.expert_state_dict(expert)
+    with torch.device("meta"):
+        model = family.transformer_class.from_config(dcm.transformer.transformer.config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _components(dcm: DCMPipeline, **overrides) -> dict:
+    components = {k: v for k, v in dcm.pipe.components.items()} | overrides
+    return components
+
+
+def save_pretrained(dcm: DCMPipeline, path: str | os.PathLike) -> Path:
+    """Writes a DCM folder (see module docstring); returns its path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    family = get_family(dcm.config.family)
+    if dcm.is_dual_expert:
+        semantic = _plain_transformer(dcm, SEMANTIC)
+        family.pipeline_class(**_components(dcm, transformer=semantic)).save_pretrained(path, safe_serialization=True)
+        (path / DETAIL_DIR).mkdir(exist_ok=True)
+        detail = {k: v.contiguous() for k, v in dcm.transformer.detail_state_dict().items()}
+        save_file(detail, str(path / DETAIL_DIR / WEIGHTS_NAME))
+    else:
+        dcm.pipe.save_pretrained(path, safe_serialization=True)
+    (path / CONFIG_NAME).write_text(json.dumps(to_dict(dcm.config), indent=2) + "\n")
+    return path
+
+
+def export_diffusers(dcm: DCMPipeline, path: str | os.PathLike) -> Path:
+    """Writes a Wan2.2-style folder that stock ``diffusers.WanPipeline.from_pretrained`` loads and runs.
+
+    ``transformer`` (t >= boundary_ratio * T) is the semantic expert and ``transformer_2`` the detail expert with
+    the LoRA merged. The scheduler is an Euler flow-matching scheduler with the grid's shift, so the stock loop
+    takes the same Euler steps as our sampler; run it with ``guidance_scale=1.0`` and few steps.
+    """
+    if dcm.config.family != "wan":
+        raise ValueError(f"stock two-expert export exists for the Wan family only, got {dcm.config.family!r}")
+    if not dcm.is_dual_expert:
+        raise ValueError("export needs a dual-expert model; this pipeline has a plain transformer")
+    path = Path(path)
+    grid = dcm.grid
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=grid.config.num_train_timesteps, shift=grid.config.shift
+    )
+    pipe = get_family("wan").pipeline_class(
+        **_components(
+            dcm,
+            transformer=_plain_transformer(dcm, SEMANTIC),
+            transformer_2=_plain_transformer(dcm, DETAIL),
+            scheduler=scheduler,
+        ),
+        boundary_ratio=grid.boundary_ratio,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,0 +1,141 @@
+"""Wan2.1 / Wan2.2 family: diffusers' ``WanPipeline`` components, prompt encoding, latent (de)normalisation.
+
+Real checkpoints load from a diffusers folder or hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``). Tiny models of the
+same classes are built from config (:func:`tiny_wan_components`) so every code path runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from torch import Tensor
+from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from dcm.geometry import VideoGeometry
+
+# Spec §4.1: the detail expert duplicates Wan's timestep/text embedder and its output projection.
+# ``norm_out`` has no parameters and ``scale_shift_table`` stays shared, as in the reference.
+DUPLICATED_MODULES = ("condition_embedder", "proj_out")
+COND_KEYS = ("encoder_hidden_states",)
+# Wan's own default text length (WanPipeline.__call__ max_sequence_length); tiny presets use less.
+DEFAULT_MAX_SEQUENCE_LENGTH = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class TinyWanSpec:
+    """Sizes of a tiny Wan pipeline (env notes: a 28k-parameter transformer runs a 4-step video in ~0.1 s)."""
+
+    num_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 12
+    ffn_dim: int = 32
+    text_dim: int = 32
+    text_layers: int = 2
+    vae_base_dim: int = 3
+    latent_channels: int = 16
+    rope_max_seq_len: int = 32
+    max_sequence_length: int = 32
+    shift: float = 5.0
+
+
+def tiny_wan_components(spec: TinyWanSpec | None = None, *, seed: int = 0) -> dict:
+    """Randomly initialised tiny ``WanPipeline`` components, built offline from config.
+
+    Returns:
+        dict with transformer, vae, text_encoder (UMT5), tokenizer (ByT5, no vocab file) and scheduler.
+    """
+    spec = spec or TinyWanSpec()
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=spec.num_attention_heads,
+        attention_head_dim=spec.attention_head_dim,
+        in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels,
+        text_dim=spec.text_dim,
+        freq_dim=256,
+        ffn_dim=spec.ffn_dim,
+        num_layers=spec.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=spec.rope_max_seq_len,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=spec.vae_base_dim,
+        z_dim=spec.latent_channels,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    tokenizer = ByT5Tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=spec.text_dim,
+            d_kv=spec.text_dim // 2,
+            d_ff=2 * spec.text_dim,
+            num_layers=spec.text_layers,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=spec.shift)
+    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+class WanFamily:
+    """Family adapter for ``WanPipeline``: what the platform needs to know about Wan models."""
+
+    name = "wan"
+    pipeline_class = WanPipeline
+    transformer_class = WanTransformer3DModel
+    duplicated_modules = DUPLICATED_MODULES
+    cond_keys = COND_KEYS
+    transformer_names = ("transformer", "transformer_2")
+
+    def geometry(self, pipe: WanPipeline) -> VideoGeometry:
+        transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        return VideoGeometry(
+            scale_factor_temporal=pipe.vae.config.scale_factor_temporal,
+            scale_factor_spatial=pipe.vae.config.scale_factor_spatial,
+            patch_size=tuple(transformer.config.patch_size),
+            latent_channels=transformer.config.in_channels,
+        )
+
+    def encode_prompts(self, pipe: WanPipeline, prompts: list[str], *, max_sequence_length: int) -> dict[str, Tensor]:
+        """UMT5 embeddings padded to ``max_sequence_length`` (fixed, so a prompt's embedding is batch-independent).
+
+        Returns:
+            ``{"encoder_hidden_states": (B, L, D_text)}``.
+        """
+        embeds, _ = pipe.encode_prompt(
+            prompts, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device=pipe.device
+        )
+        return {"encoder_hidden_states": embeds}
+
+    def _latent_stats(self, pipe: WanPipeline, latents: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (1, pipe.vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(pipe.vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        std = torch.tensor(pipe.vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+        return mean, std
+
+    def decode_latents(self, pipe: WanPipeline, latents: Tensor) -> Tensor:
+        """(B, C, F, H, W) normalised latents -> (B, F', H', W', 3) float video in [0, 1] (as WanPipeline decodes)."""
+        latents = latents.to(pipe.vae.dtype)
+        mean, std = self._latent_stats(pipe, latents)
+        video = pipe.vae.decode(latents * std + mean, return_dict=False)[0]  # (B, 3, F', H', W') in [-1, 1]
+        return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+    def encode_video(self, pipe: WanPipeline, video: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """(B, F', H', W', 3) float video in [0, 1] -> (B, C, F, H, W) normalised latents ``(z - mean) / std``."""
+        pixels = video.permute(0, 4, 1, 2, 3).to(pipe.vae.dtype) * 2 - 1
+        z = pipe.vae.encode(pixels).latent_dist.sample(generator)
+        mean, std = self._latent_stats(pipe, z)
+        return (z - mean) / std

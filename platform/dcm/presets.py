@@ -1,0 +1,118 @@
+"""Named model presets: the real checkpoints we support and tiny offline models of the same diffusers classes.
+
+A preset is data: where the weights come from (a hub id, or a builder for tiny random components) and the
+``DCMModelConfig`` the paper uses for that family (spec §9). Building a tiny preset touches no file or network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dcm.config import DCMModelConfig, DetailExpertConfig, GenerationConfig, ScheduleConfig
+from dcm.models import hunyuan, wan
+from dcm.schedule import HUNYUAN_4STEP_SIGMAS
+
+# Spec §3 / §9: the expert boundary index k on the 50-point, shift-17 grid.
+WAN_BOUNDARY_INDEX = 35
+HUNYUAN_BOUNDARY_INDEX = 38
+# Tiny presets use a small LoRA so the detail expert stays a few kB.
+TINY_LORA_RANK = 4
+TINY_LORA_ALPHA = 8.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """A named model source.
+
+    Args:
+        name: the preset key users pass as ``--model``.
+        config: the DCM config (family, grid, detail expert, generation defaults).
+        hub_id: diffusers repository id for real weights; None for tiny presets.
+        build_components: builder of random tiny components (offline); None for real checkpoints.
+        description: one line for ``--help`` and README.
+    """
+
+    name: str
+    config: DCMModelConfig
+    description: str
+    hub_id: str | None = None
+    build_components: Callable[[], dict] | None = None
+
+
+def _wan_config(*, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig) -> DCMModelConfig:
+    return DCMModelConfig(
+        family="wan",
+        schedule=ScheduleConfig(boundary_index=WAN_BOUNDARY_INDEX),
+        max_sequence_length=max_sequence_length,
+        detail=detail,
+        default_generation=generation,
+    )
+
+
+def _hunyuan_config(
+    *, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig
+) -> DCMModelConfig:
+    return DCMModelConfig(
+        family="hunyuan",
+        schedule=ScheduleConfig(boundary_index=HUNYUAN_BOUNDARY_INDEX),
+        max_sequence_length=max_sequence_length,
+        detail=detail,
+        default_generation=generation,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny-wan": Preset(
+        name="tiny-wan",
+        description="random tiny Wan (28k-param transformer), built offline; for tests and smoke runs",
+        config=_wan_config(
+            max_sequence_length=wan.TinyWanSpec().max_sequence_length,
+            detail=DetailExpertConfig(
+                duplicated_modules=wan.DUPLICATED_MODULES, lora_rank=TINY_LORA_RANK, lora_alpha=TINY_LORA_ALPHA
+            ),
+            generation=GenerationConfig(num_frames=17, height=64, width=64, num_inference_steps=4, fps=8),
+        ),
+        build_components=wan.tiny_wan_components,
+    ),
+    "tiny-hunyuan": Preset(
+        name="tiny-hunyuan",
+        description="random tiny HunyuanVideo (diffusers test size), built offline; for tests",
+        config=_hunyuan_config(
+            max_sequence_length=hunyuan.TinyHunyuanSpec().max_sequence_length,
+            detail=DetailExpertConfig(
+                duplicated_modules=hunyuan.DUPLICATED_MODULES, lora_rank=TINY_LORA_RANK, lora_alpha=TINY_LORA_ALPHA
+            ),
+            generation=GenerationConfig(num_frames=9, height=32, width=32, num_inference_steps=4, fps=8),
+        ),
+        build_components=hunyuan.tiny_hunyuan_components,
+    ),
+    "wan2.1-t2v-1.3b": Preset(
+        name="wan2.1-t2v-1.3b",
+        description="Wan2.1 T2V 1.3B teacher (Wan-AI/Wan2.1-T2V-1.3B-Diffusers), 480x832, 81 frames",
+        hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        config=_wan_config(
+            max_sequence_length=wan.DEFAULT_MAX_SEQUENCE_LENGTH,
+            detail=DetailExpertConfig(duplicated_modules=wan.DUPLICATED_MODULES),
+            generation=GenerationConfig(num_frames=81, height=480, width=832, num_inference_steps=4, fps=16),
+        ),
+    ),
+    "hunyuanvideo": Preset(
+        name="hunyuanvideo",
+        description="HunyuanVideo 13B teacher (hunyuanvideo-community/HunyuanVideo), 720x1280, 29 frames",
+        hub_id="hunyuanvideo-community/HunyuanVideo",
+        config=_hunyuan_config(
+            max_sequence_length=hunyuan.DEFAULT_MAX_SEQUENCE_LENGTH,
+            detail=DetailExpertConfig(duplicated_modules=hunyuan.DUPLICATED_MODULES),
+            generation=GenerationConfig(
+                num_frames=29, height=720, width=1280, num_inference_steps=4, fps=24, sigmas=HUNYUAN_4STEP_SIGMAS
+            ),
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
