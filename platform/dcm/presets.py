@@ -19,6 +19,8 @@ HUNYUAN_BOUNDARY_INDEX = 38
 # Tiny presets use a small LoRA so the detail expert stays a few kB.
 TINY_LORA_RANK = 4
 TINY_LORA_ALPHA = 8.0
+# The model the batch job and the endpoint use when none is given (the bundled demo model once it ships).
+DEFAULT_MODEL = "tiny-wan"
 
 
 @dataclass(frozen=True, kw_only=True)
