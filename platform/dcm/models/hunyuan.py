@@ -194,11 +194,13 @@ class HunyuanFamily:
             "guidance": guidance.to(embeds.device),
         }
 
+    @torch.no_grad()
     def decode_latents(self, pipe: HunyuanVideoPipeline, latents: Tensor) -> Tensor:
         """(B, C, F, H, W) scaled latents -> (B, F', H', W', 3) float video in [0, 1]."""
         video = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
+    @torch.no_grad()
     def encode_video(
         self, pipe: HunyuanVideoPipeline, video: Tensor, *, generator: torch.Generator | None = None
     ) -> Tensor:

@@ -126,6 +126,7 @@ class WanFamily:
         std = torch.tensor(pipe.vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
         return mean, std
 
+    @torch.no_grad()
     def decode_latents(self, pipe: WanPipeline, latents: Tensor) -> Tensor:
         """(B, C, F, H, W) normalised latents -> (B, F', H', W', 3) float video in [0, 1] (as WanPipeline decodes)."""
         latents = latents.to(pipe.vae.dtype)
@@ -133,6 +134,7 @@ class WanFamily:
         video = pipe.vae.decode(latents * std + mean, return_dict=False)[0]  # (B, 3, F', H', W') in [-1, 1]
         return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
+    @torch.no_grad()
     def encode_video(self, pipe: WanPipeline, video: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """(B, F', H', W', 3) float video in [0, 1] -> (B, C, F, H, W) normalised latents ``(z - mean) / std``."""
         pixels = video.permute(0, 4, 1, 2, 3).to(pipe.vae.dtype) * 2 - 1

@@ -1,0 +1,145 @@
+"""Sigma grid, expert boundary, phase edges and inference schedules (spec §1.3, §2.1, §5, §8)."""
+
+import pytest
+import torch
+
+from dcm.config import ScheduleConfig
+from dcm.schedule import (
+    HUNYUAN_4STEP_SIGMAS,
+    MAX_DCM_STEPS,
+    build_grid,
+    dcm_sigmas,
+    is_detail,
+    phase_edges,
+    phase_end_index,
+    resolve_sigmas,
+    shift_sigma,
+    teacher_sigmas,
+)
+
+# Spec §1.3 table for shift 17: index -> (sigma[i], sigma_prev[i]).
+SPEC_TABLE = {
+    0: (0.25758, 0.01673),
+    9: (0.80952, 0.78866),
+    17: (0.90533, None),
+    18: (0.91243, None),
+    25: (0.94850, None),
+    34: (0.97541, 0.97306),
+    35: (0.97764, 0.97541),
+    37: (0.98176, 0.97975),
+    38: (0.98368, 0.98176),
+    43: (0.99204, None),
+    49: (1.00000, 0.99880),
+}
+
+
+@pytest.fixture
+def wan_grid():
+    return build_grid(ScheduleConfig(boundary_index=35))
+
+
+@pytest.fixture
+def hy_grid():
+    return build_grid(ScheduleConfig(boundary_index=38))
+
+
+def test_grid_matches_spec_table(wan_grid):
+    for i, (sigma, sigma_prev) in SPEC_TABLE.items():
+        assert float(wan_grid.sigma[i]) == pytest.approx(sigma, abs=1e-5), i
+        if sigma_prev is not None:
+            assert float(wan_grid.sigma_prev[i]) == pytest.approx(sigma_prev, abs=1e-5), i
+
+
+def test_grid_is_ascending_and_prev_is_shifted_by_one(wan_grid):
+    assert torch.all(wan_grid.sigma[1:] > wan_grid.sigma[:-1])
+    assert torch.equal(wan_grid.sigma_prev[1:], wan_grid.sigma[:-1])
+    assert float(wan_grid.sigma[-1]) == 1.0
+
+
+def test_shift_7_reference_values():
+    grid = build_grid(ScheduleConfig(boundary_index=35, shift=7.0))
+    assert float(grid.sigma[35]) == pytest.approx(0.94737, abs=1e-5)
+    assert float(grid.sigma_prev[0]) == pytest.approx(0.00696, abs=1e-5)
+
+
+def test_zero_terminal_option():
+    grid = build_grid(ScheduleConfig(boundary_index=35, zero_terminal=True))
+    assert float(grid.sigma_prev[0]) == 0.0
+
+
+def test_boundary_derivations(wan_grid, hy_grid):
+    assert wan_grid.semantic_range() == (35, 50) and wan_grid.detail_range() == (0, 35)
+    assert wan_grid.boundary_sigma == pytest.approx(0.97541, abs=1e-5)
+    assert hy_grid.boundary_sigma == pytest.approx(0.98176, abs=1e-5)
+    # The stock-diffusers boundary ratio lies strictly between the two grid levels around the boundary.
+    assert float(wan_grid.sigma[34]) < wan_grid.boundary_ratio < float(wan_grid.sigma[35])
+
+
+def test_routing_is_per_sample_and_matches_grid_ranges(wan_grid):
+    sigma = wan_grid.sigma.float()  # float32, as a sampler passes it
+    mask = is_detail(sigma, wan_grid)
+    assert mask[:35].all() and not mask[35:].any()
+    mixed = torch.tensor([1.0, 0.5, 0.9754098, 0.9776])
+    assert is_detail(mixed, wan_grid).tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("k", [0, 50, -1])
+def test_boundary_outside_grid_is_rejected(k):
+    with pytest.raises(ValueError, match="boundary_index"):
+        ScheduleConfig(boundary_index=k)
+
+
+def test_single_phase_ends_match_spec(wan_grid):
+    index = torch.tensor([0, 10, 34, 35, 40, 49])
+    ends = phase_end_index(index, wan_grid)
+    assert ends.tolist() == [0, 0, 0, 35, 35, 35]
+    # Semantic phase end sigma_prev[k] equals sigma[k-1].
+    assert float(wan_grid.sigma_prev[35]) == wan_grid.boundary_sigma
+
+
+def test_multiphase_edges_stay_inside_each_expert():
+    grid = build_grid(ScheduleConfig(boundary_index=35, num_semantic_phases=3, num_detail_phases=2))
+    assert phase_edges(35, 50, 3).tolist() == [35, 40, 45]
+    assert phase_edges(0, 35, 2).tolist() == [0, 17]
+    index = torch.arange(50)
+    ends = phase_end_index(index, grid)
+    assert ends[:17].eq(0).all() and ends[17:35].eq(17).all()
+    assert ends[35:40].eq(35).all() and ends[40:45].eq(40).all() and ends[45:].eq(45).all()
+    assert torch.all(ends <= index)
+
+
+def test_too_many_phases_rejected():
+    with pytest.raises(ValueError, match="num_semantic_phases"):
+        ScheduleConfig(boundary_index=35, num_semantic_phases=16)
+
+
+def test_dcm_4_steps_reproduces_released_hunyuan_schedule(hy_grid):
+    sigmas = dcm_sigmas(4, hy_grid)
+    assert sigmas == pytest.approx(list(HUNYUAN_4STEP_SIGMAS), abs=5e-5)
+
+
+@pytest.mark.parametrize("steps", list(range(1, MAX_DCM_STEPS + 1)))
+@pytest.mark.parametrize("k", [35, 38])
+def test_dcm_schedule_hits_semantic_phase_end(steps, k):
+    grid = build_grid(ScheduleConfig(boundary_index=k))
+    sigmas = dcm_sigmas(steps, grid)
+    assert len(sigmas) == steps and sigmas[0] == 1.0
+    assert all(a > b for a, b in zip(sigmas, sigmas[1:]))
+    if steps >= 2:
+        assert grid.boundary_sigma in sigmas  # exactly on sigma[k-1]: no extrapolation past the SemE phase end
+        n_semantic = sum(not bool(is_detail(torch.tensor([s]), grid)) for s in sigmas)
+        assert n_semantic == steps // 2
+
+
+def test_dcm_schedule_rejects_bad_step_counts(hy_grid):
+    for steps in (0, MAX_DCM_STEPS + 1):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            dcm_sigmas(steps, hy_grid)
+
+
+def test_resolve_and_teacher_sigmas(hy_grid):
+    s = resolve_sigmas(4, hy_grid, (1.0, 0.5))
+    assert s.tolist() == [1.0, 0.5, 0.0]
+    t = teacher_sigmas(50, 5.0)
+    assert len(t) == 51 and float(t[0]) == 1.0 and float(t[-1]) == 0.0
+    assert float(t[25]) == pytest.approx(shift_sigma(0.5, 5.0))
