@@ -39,13 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     dcm = load_pipeline(args.model)
     defaults = dcm.config.default_generation
     overrides = {
-        "num_frames": args.num_frames, "height": args.height, "width": args.width,
-        "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "fps": args.fps,
+        "num_frames": args.num_frames,
+        "height": args.height,
+        "width": args.width,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "fps": args.fps,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "num_inference_steps" in overrides:
         overrides["sigmas"] = None
-    config = GenerationConfig(**{**{f: getattr(defaults, f) for f in GenerationConfig.__dataclass_fields__}, **overrides})
+    config = GenerationConfig(
+        **{**{f: getattr(defaults, f) for f in GenerationConfig.__dataclass_fields__}, **overrides}
+    )
     seeds = [args.seed + i for i in range(len(args.prompt))]
     start = time.perf_counter()
     frames = dcm.generate(args.prompt, seeds=seeds, config=config)

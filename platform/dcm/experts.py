@@ -175,7 +175,9 @@ class DualExpertTransformer(nn.Module):
             index = mask.nonzero().squeeze(1)
             sub = {k: _take(v, index, batch) for k, v in kwargs.items()}
             with self.expert(expert) as model:
-                outputs.append(model(hidden_states=hidden_states[index], timestep=timestep[index], return_dict=False, **sub)[0])
+                outputs.append(
+                    model(hidden_states=hidden_states[index], timestep=timestep[index], return_dict=False, **sub)[0]
+                )
             order.append(index)
         inverse = torch.argsort(torch.cat(order))
         return (torch.cat(outputs)[inverse],)

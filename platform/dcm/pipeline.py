@@ -117,11 +117,15 @@ class DCMPipeline:
         return torch.stack(noise)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def encode_prompts(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         """Conditioning dict; with negative prompts, their tensors are added under ``negative_<key>``."""
         cond = self.family.encode_prompts(self.pipe, list(prompts), max_sequence_length=self.max_sequence_length)
         if negative_prompts is not None:
-            neg = self.family.encode_prompts(self.pipe, list(negative_prompts), max_sequence_length=self.max_sequence_length)
+            neg = self.family.encode_prompts(
+                self.pipe, list(negative_prompts), max_sequence_length=self.max_sequence_length
+            )
             cond |= {f"negative_{k}": v for k, v in neg.items()}
         return {k: v.to(self.device) for k, v in cond.items()}
 
@@ -184,7 +188,10 @@ class DCMPipeline:
             negative_prompts = None
         cond = self.encode_prompts(prompts, negative_prompts)
         latents = self.denoise(
-            self.initial_noise(seeds, config), cond, self.sigmas(config), guidance_scale=config.guidance_scale,
+            self.initial_noise(seeds, config),
+            cond,
+            self.sigmas(config),
+            guidance_scale=config.guidance_scale,
             callback=callback,
         )
         return latents if output_type == "latent" else self.decode(latents)

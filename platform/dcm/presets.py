@@ -42,7 +42,9 @@ class Preset:
     build_components: Callable[[], dict] | None = None
 
 
-def _wan_config(*, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig) -> DCMModelConfig:
+def _wan_config(
+    *, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig
+) -> DCMModelConfig:
     return DCMModelConfig(
         family="wan",
         schedule=ScheduleConfig(boundary_index=WAN_BOUNDARY_INDEX),

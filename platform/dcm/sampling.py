@@ -71,7 +71,7 @@ def check_sigmas(sigmas: Tensor) -> None:
 
 
 class TransformerDenoiser(nn.Module):
-    """Adapts a diffusers video transformer (or :class:`dcm.experts.DualExpertTransformer`) to ``denoiser(x, sigma, cond)``.
+    """Adapts a diffusers video transformer (or a ``DualExpertTransformer``) to ``denoiser(x, sigma, cond)``.
 
     Args:
         transformer: called as ``transformer(hidden_states=x, timestep=t, **cond, return_dict=False)[0]``.

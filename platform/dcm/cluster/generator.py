@@ -142,7 +142,12 @@ class VideoGenerator:
         per_video = (time.perf_counter() - start) / len(group)
         logger.info(
             "generated %d video(s) %dx%dx%d in %d steps, %.3f s each",
-            len(group), config.num_frames, config.height, config.width, config.num_inference_steps, per_video,
+            len(group),
+            config.num_frames,
+            config.height,
+            config.width,
+            config.num_inference_steps,
+            per_video,
         )
         return [
             VideoResult(id=r.id, mp4=v, seconds=per_video, batch_size=len(group), config=config)
@@ -182,5 +187,7 @@ def check_request(request: VideoRequest, limits: GeneratorLimits) -> None:
         if upper is not None and value > upper:
             raise ValueError(f"{name} must be <= {upper}, got {value}")
     g = request.guidance_scale
-    if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool) or not 1.0 <= g <= limits.max_guidance_scale):
+    if g is not None and (
+        not isinstance(g, (int, float)) or isinstance(g, bool) or not 1.0 <= g <= limits.max_guidance_scale
+    ):
         raise ValueError(f"guidance_scale must be a number in [1.0, {limits.max_guidance_scale}], got {g!r}")

@@ -13,8 +13,16 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Environment that Ray workers need to reach S3-compatible storage (forwarded when set on the driver).
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                 "AWS_SESSION_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "DCM_MODEL_CACHE")
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "DCM_MODEL_CACHE",
+)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -183,7 +183,10 @@ class HunyuanFamily:
             ``guidance`` (B,) = embedded guidance * 1000.
         """
         embeds, pooled, mask = pipe.encode_prompt(
-            prompts, prompts, prompt_template=self._template(pipe), max_sequence_length=max_sequence_length,
+            prompts,
+            prompts,
+            prompt_template=self._template(pipe),
+            max_sequence_length=max_sequence_length,
             device=pipe.device,
         )
         guidance = torch.full((len(prompts),), self.embedded_guidance * GUIDANCE_MULTIPLIER, dtype=embeds.dtype)
