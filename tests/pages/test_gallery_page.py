@@ -20,13 +20,24 @@ def build_gallery(folder, tiny_wan):
     for i, (prompt, video) in enumerate(zip(prompts, frames)):
         write_mp4(video, folder / f"v{i}.mp4", fps=8)
         params = {"frames": video.shape[0], "size": f"{video.shape[1]}x{video.shape[2]}"}
-        items.append(GalleryItem(id=f"v{i}", prompt=prompt, seed=i + 1, status="ok", video_href=f"v{i}.mp4",
-                                 params=params, seconds=0.1))
-    items.append(GalleryItem(id="bad", prompt="broken row", seed=0, status="error",
-                             error="num_frames must be 4*n + 1 (e.g. 17, 33, 81), got 10"))
+        items.append(
+            GalleryItem(
+                id=f"v{i}", prompt=prompt, seed=i + 1, status="ok", video_href=f"v{i}.mp4", params=params, seconds=0.1
+            )
+        )
+    items.append(
+        GalleryItem(
+            id="bad",
+            prompt="broken row",
+            seed=0,
+            status="error",
+            error="num_frames must be 4*n + 1 (e.g. 17, 33, 81), got 10",
+        )
+    )
     items.append(GalleryItem(id="old", prompt="a green circle", seed=5, status="skipped", video_href="v0.mp4"))
-    summary = RunSummary(title="Batch run <test>", model="tiny-wan", wall_seconds=2.0, num_ok=3, num_error=1,
-                         num_skipped=1)
+    summary = RunSummary(
+        title="Batch run <test>", model="tiny-wan", wall_seconds=2.0, num_ok=3, num_error=1, num_skipped=1
+    )
     (folder / "index.html").write_text(render_gallery(items, summary), encoding="utf-8")
     return items
 

@@ -89,3 +89,55 @@ def decode_mp4(data: bytes) -> VideoInfo:
         with open(path, "wb") as f:
             f.write(data)
         return read_mp4(path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoMeta:
+    """What ffmpeg reports about a video before decoding it."""
+
+    width: int
+    height: int
+    fps: float
+    duration: float
+
+    @property
+    def num_frames_estimate(self) -> int:
+        return int(round(self.duration * self.fps))
+
+
+def probe(path: str | os.PathLike) -> VideoMeta:
+    """Size, frame rate and duration of a video file (raises ValueError for files ffmpeg cannot read)."""
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        reader.close()
+    except (OSError, RuntimeError, StopIteration) as err:
+        raise ValueError(f"{path}: not a readable video ({err})") from err
+    width, height = meta["size"]
+    return VideoMeta(width=width, height=height, fps=float(meta["fps"]), duration=float(meta.get("duration") or 0.0))
+
+
+def read_frames_at(path: str | os.PathLike, indices: np.ndarray) -> np.ndarray:
+    """Decodes only the frames at ``indices`` (ascending) in one streaming pass: (len(indices), H, W, 3) uint8."""
+    wanted = {int(i): n for n, i in enumerate(indices)}
+    last = int(max(indices))
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        width, height = meta["size"]
+        out = np.zeros((len(indices), height, width, 3), dtype=np.uint8)
+        found = 0
+        for i, buf in enumerate(reader):
+            if i in wanted:
+                out[wanted[i]] = np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+                found += 1
+            if i >= last:
+                break
+        reader.close()
+    except (OSError, RuntimeError, StopIteration) as err:
+        raise ValueError(f"{path}: not a readable video ({err})") from err
+    if found != len(wanted):
+        raise ValueError(
+            f"{path}: has fewer frames than expected (needed frame {last}, decoded {found} of {len(wanted)})"
+        )
+    return out

@@ -135,12 +135,11 @@ def render_gallery(items: Sequence[GalleryItem], summary: RunSummary) -> str:
         f"<span>{summary.videos_per_second:.2f} videos/s</span><span>model {e(summary.model)}</span>"
     )
     buttons = "".join(
-        f'<button data-status="{s}" class="{"active" if s == "all" else ""}">{s}</button>'
-        for s in ("all", *STATUSES)
+        f'<button data-status="{s}" class="{"active" if s == "all" else ""}">{s}</button>' for s in ("all", *STATUSES)
     )
     meta = json.dumps({"count": len(items)})
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{e(summary.title)}</title><style>{_CSS}</style></head><body>"
         f'<header><h1>{e(summary.title)}</h1><div class="totals">{totals}</div></header>'

@@ -119,13 +119,15 @@ def render_playground(settings: PlaygroundSettings) -> str:
     s = settings
     controls = (
         f'<label for="prompt">Prompt</label><textarea id="prompt" name="prompt" maxlength="{s.max_prompt_chars}" '
-        'required>a red circle moving left</textarea>'
+        "required>a red circle moving left</textarea>"
         + _number("seed", "Seed", 0, minimum=0, maximum=2**31 - 1, step=1)
         + _number("steps", "Steps", s.default_steps, minimum=1, maximum=s.max_steps, step=1)
         + _number(
             "num_frames", "Frames", s.default_num_frames, minimum=1, maximum=s.max_num_frames, step=s.frame_multiple
         )
-        + _number("height", "Height", s.default_height, minimum=s.size_multiple, maximum=s.max_size, step=s.size_multiple)
+        + _number(
+            "height", "Height", s.default_height, minimum=s.size_multiple, maximum=s.max_size, step=s.size_multiple
+        )
         + _number("width", "Width", s.default_width, minimum=s.size_multiple, maximum=s.max_size, step=s.size_multiple)
         + token
     )
