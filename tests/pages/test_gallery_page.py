@@ -11,6 +11,9 @@ from dcm.pages.gallery import GalleryItem, RunSummary, render_gallery
 
 EVIL_PROMPT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 VIDEO_WAIT_SECONDS = 20
+VIDEO_STATES_JS = (
+    "return Array.from(document.querySelectorAll('video')).map(v => [v.readyState, v.duration, v.error && v.error.code])"
+)
 
 
 def build_gallery(folder, tiny_wan):
@@ -56,9 +59,7 @@ def test_gallery_plays_filters_and_escapes(browser, static_server, tmp_path, tin
     deadline = time.time() + VIDEO_WAIT_SECONDS
     states = []
     while time.time() < deadline:
-        states = browser.execute_script(
-            "return Array.from(document.querySelectorAll('video')).map(v => [v.readyState, v.duration, v.error && v.error.code])"
-        )
+        states = browser.execute_script(VIDEO_STATES_JS)
         if states and all(s[0] >= 1 for s in states):
             break
         time.sleep(0.2)

@@ -143,7 +143,8 @@ def render_gallery(items: Sequence[GalleryItem], summary: RunSummary) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{e(summary.title)}</title><style>{_CSS}</style></head><body>"
         f'<header><h1>{e(summary.title)}</h1><div class="totals">{totals}</div></header>'
-        f'<div class="controls"><input id="search" type="search" placeholder="Search prompts" aria-label="Search prompts">'
+        '<div class="controls">'
+        '<input id="search" type="search" placeholder="Search prompts" aria-label="Search prompts">'
         f'{buttons}<span><span id="shown">{len(items)}</span> shown</span></div>'
         f'<div class="grid" id="grid" data-meta="{e(meta)}">{"".join(_card(i) for i in items)}</div>'
         f'<div id="empty">No video matches.</div><script>{_JS}</script></body></html>\n'

@@ -101,7 +101,8 @@ _JS = """
 def _number(name: str, label: str, value: int, *, minimum: int, maximum: int, step: int) -> str:
     return (
         f'<label for="{name}">{label}</label>'
-        f'<input id="{name}" name="{name}" type="number" value="{value}" min="{minimum}" max="{maximum}" step="{step}">'
+        f'<input id="{name}" name="{name}" type="number" value="{value}" '
+        f'min="{minimum}" max="{maximum}" step="{step}">'
     )
 
 
