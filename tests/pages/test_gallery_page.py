@@ -12,7 +12,8 @@ from dcm.pages.gallery import GalleryItem, RunSummary, render_gallery
 EVIL_PROMPT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 VIDEO_WAIT_SECONDS = 20
 VIDEO_STATES_JS = (
-    "return Array.from(document.querySelectorAll('video')).map(v => [v.readyState, v.duration, v.error && v.error.code])"
+    "return Array.from(document.querySelectorAll('video'))"
+    ".map(v => [v.readyState, v.duration, v.error && v.error.code])"
 )
 
 
