@@ -113,6 +113,20 @@ def test_stock_diffusers_runs_the_export_with_our_frames(trained_like, tmp_path)
 def test_export_rejects_plain_models(tmp_path):
     WanPipeline(**tiny_wan_components()).save_pretrained(tmp_path / "teacher")
     teacher = load_pipeline(str(tmp_path / "teacher"))
-    with pytest.raises(ValueError, match="dual-expert"):
+    with pytest.raises(ValueError, match="needs a dual-expert model"):
         export_diffusers(teacher, tmp_path / "x")
     assert isinstance(teacher, DCMPipeline)
+
+
+def test_export_loads_back_into_our_sampler(trained_like, tmp_path):
+    """load_pipeline on an export routes between its two transformers like the original dual expert."""
+    from dcm.experts import TwoTransformerRouter
+
+    path = export_diffusers(trained_like, tmp_path / "export")
+    loaded = load_pipeline(str(path))
+    assert isinstance(loaded.transformer, TwoTransformerRouter)
+    assert loaded.grid.boundary_sigma == trained_like.grid.boundary_sigma
+    torch.testing.assert_close(latents(loaded), latents(trained_like), atol=1e-5, rtol=0)
+    # A Wan2.2-style folder without our config: k is recovered from its boundary_ratio.
+    (path / CONFIG_NAME).unlink()
+    assert load_pipeline(str(path)).config.schedule.boundary_index == trained_like.config.schedule.boundary_index

@@ -163,24 +163,12 @@ class DualExpertTransformer(nn.Module):
             ``(sample,)`` with sample (B, C_out, F, H, W), like a diffusers transformer with ``return_dict=False``.
         """
         kwargs.pop("return_dict", None)
-        batch = hidden_states.shape[0]
-        if timestep.ndim != 1 or timestep.shape[0] != batch:
-            raise ValueError(f"timestep must have shape ({batch},), got {tuple(timestep.shape)}")
-        detail = is_detail(timestep / self.num_train_timesteps, self.grid)
-        if detail.all() or not detail.any():
-            with self.expert(DETAIL if bool(detail[0]) else SEMANTIC) as model:
-                return (model(hidden_states=hidden_states, timestep=timestep, return_dict=False, **kwargs)[0],)
-        outputs, order = [], []
-        for expert, mask in ((SEMANTIC, ~detail), (DETAIL, detail)):
-            index = mask.nonzero().squeeze(1)
-            sub = {k: _take(v, index, batch) for k, v in kwargs.items()}
+
+        def call(expert: str, x: Tensor, t: Tensor, kw: dict) -> Tensor:
             with self.expert(expert) as model:
-                outputs.append(
-                    model(hidden_states=hidden_states[index], timestep=timestep[index], return_dict=False, **sub)[0]
-                )
-            order.append(index)
-        inverse = torch.argsort(torch.cat(order))
-        return (torch.cat(outputs)[inverse],)
+                return model(hidden_states=x, timestep=t, return_dict=False, **kw)[0]
+
+        return (route_per_sample(call, self.grid, self.num_train_timesteps, hidden_states, timestep, kwargs),)
 
     # -- state dicts ------------------------------------------------------------------------------------------
 
@@ -227,6 +215,55 @@ class DualExpertTransformer(nn.Module):
                     name = plain + name[len(prefix) :]
             state[name.replace(".base_layer.", ".")] = tensor.clone()
         return state
+
+
+class TwoTransformerRouter(nn.Module):
+    """Two plain transformers routed per sample by sigma, e.g. a loaded Wan2.2-style export.
+
+    ``semantic`` denoises samples with ``sigma > sigma[k-1]``, ``detail`` the rest (the same rule as
+    :class:`DualExpertTransformer`, so an export loads back into the same sampler).
+    """
+
+    def __init__(self, semantic: nn.Module, detail: nn.Module, grid: SigmaGrid) -> None:
+        super().__init__()
+        self.semantic = semantic
+        self.detail = detail
+        self.grid = grid
+        self.num_train_timesteps = grid.config.num_train_timesteps
+
+    def forward(self, hidden_states: Tensor, timestep: Tensor, **kwargs) -> tuple[Tensor]:
+        """Same contract as :meth:`DualExpertTransformer.forward`."""
+        kwargs.pop("return_dict", None)
+
+        def call(expert: str, x: Tensor, t: Tensor, kw: dict) -> Tensor:
+            model = self.detail if expert == DETAIL else self.semantic
+            return model(hidden_states=x, timestep=t, return_dict=False, **kw)[0]
+
+        return (route_per_sample(call, self.grid, self.num_train_timesteps, hidden_states, timestep, kwargs),)
+
+
+def route_per_sample(call, grid: SigmaGrid, num_train_timesteps: int, hidden_states: Tensor, timestep: Tensor, kwargs):
+    """Splits a batch by expert, runs ``call(expert, x, t, kwargs)`` on each part and restores the order.
+
+    Args:
+        hidden_states: (B, C, F, H, W); timestep: (B,) with ``t = sigma * num_train_timesteps``.
+    Returns:
+        (B, C_out, F, H, W).
+    """
+    batch = hidden_states.shape[0]
+    if timestep.ndim != 1 or timestep.shape[0] != batch:
+        raise ValueError(f"timestep must have shape ({batch},), got {tuple(timestep.shape)}")
+    detail = is_detail(timestep / num_train_timesteps, grid)
+    if detail.all() or not detail.any():
+        return call(DETAIL if bool(detail[0]) else SEMANTIC, hidden_states, timestep, kwargs)
+    outputs, order = [], []
+    for expert, mask in ((SEMANTIC, ~detail), (DETAIL, detail)):
+        index = mask.nonzero().squeeze(1)
+        sub = {k: _take(v, index, batch) for k, v in kwargs.items()}
+        outputs.append(call(expert, hidden_states[index], timestep[index], sub))
+        order.append(index)
+    inverse = torch.argsort(torch.cat(order))
+    return torch.cat(outputs)[inverse]
 
 
 def _take(value, index: Tensor, batch: int):

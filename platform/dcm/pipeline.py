@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dcm.config import DCMModelConfig, GenerationConfig
-from dcm.experts import DualExpertTransformer
+from dcm.experts import DualExpertTransformer, TwoTransformerRouter
 from dcm.geometry import VideoGeometry
 from dcm.models import get_family
 from dcm.sampling import CFGDenoiser, TransformerDenoiser, sample_euler
@@ -70,7 +70,8 @@ class DCMPipeline:
 
     @property
     def is_dual_expert(self) -> bool:
-        return isinstance(self.transformer, DualExpertTransformer)
+        """True for a two-expert student (one backbone with a detail expert, or two routed transformers)."""
+        return isinstance(self.transformer, (DualExpertTransformer, TwoTransformerRouter))
 
     @property
     def device(self) -> torch.device:

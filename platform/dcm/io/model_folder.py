@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file, save_file
 
 from dcm.config import DCMModelConfig, model_config_from_dict, to_dict
-from dcm.experts import DETAIL, SEMANTIC, DualExpertTransformer
+from dcm.experts import DETAIL, SEMANTIC, DualExpertTransformer, TwoTransformerRouter
 from dcm.io.storage import Store, is_s3
 from dcm.models import family_of, get_family
 from dcm.pipeline import DCMPipeline
@@ -97,12 +98,9 @@ def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
         kwargs["torch_dtype"] = dtype
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     family = family_of(type(pipe).__name__)
-    if getattr(pipe, "transformer_2", None) is not None:
-        raise ValueError(
-            f"{path} is a two-transformer (Wan2.2-style) folder, e.g. a DCM export; load it with stock "
-            f"diffusers.WanPipeline, or load the DCM folder it was exported from"
-        )
     config_path = Path(path, CONFIG_NAME)
+    if getattr(pipe, "transformer_2", None) is not None:
+        return _two_transformer_pipeline(pipe, family, config_path)
     if not config_path.exists():
         config = _teacher_config(family)
         logger.info("%s has no %s: loaded as a plain %s teacher", path, CONFIG_NAME, family)
@@ -117,6 +115,28 @@ def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
     transformer.load_detail_state_dict(state)
     transformer.to(pipe.transformer.dtype)
     return DCMPipeline(pipe, config, transformer)
+
+
+def _two_transformer_pipeline(pipe, family: str, config_path: Path) -> DCMPipeline:
+    """A Wan2.2-style folder (e.g. our export): route by sigma between ``transformer`` and ``transformer_2``.
+
+    The boundary comes from ``dcm_config.json`` when present (an export of ours), else from the folder's own
+    ``boundary_ratio``: the grid index ``k`` whose boundary midpoint is closest to it.
+    """
+    if config_path.exists():
+        config = model_config_from_dict(json.loads(config_path.read_text()))
+    else:
+        base = _teacher_config(family)
+        ratio = pipe.config.boundary_ratio
+        if ratio is None:
+            raise ValueError(f"{config_path.parent} has transformer_2 but no boundary_ratio in model_index.json")
+        k = min(
+            range(1, base.schedule.num_grid_steps),
+            key=lambda i: abs(build_grid(replace(base.schedule, boundary_index=i)).boundary_ratio - ratio),
+        )
+        config = replace(base, schedule=replace(base.schedule, boundary_index=k), detail=None)
+    router = TwoTransformerRouter(pipe.transformer, pipe.transformer_2, build_grid(config.schedule))
+    return DCMPipeline(pipe, config, router)
 
 
 def _teacher_config(family: str) -> DCMModelConfig:
@@ -147,7 +167,7 @@ def save_pretrained(dcm: DCMPipeline, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     family = get_family(dcm.config.family)
-    if dcm.is_dual_expert:
+    if isinstance(dcm.transformer, DualExpertTransformer):
         semantic = _plain_transformer(dcm, SEMANTIC)
         family.pipeline_class(**_components(dcm, transformer=semantic)).save_pretrained(path, safe_serialization=True)
         (path / DETAIL_DIR).mkdir(exist_ok=True)
@@ -168,8 +188,11 @@ def export_diffusers(dcm: DCMPipeline, path: str | os.PathLike) -> Path:
     """
     if dcm.config.family != "wan":
         raise ValueError(f"stock two-expert export exists for the Wan family only, got {dcm.config.family!r}")
-    if not dcm.is_dual_expert:
-        raise ValueError("export needs a dual-expert model; this pipeline has a plain transformer")
+    if not isinstance(dcm.transformer, DualExpertTransformer):
+        raise ValueError(
+            "export needs a dual-expert model (one backbone with a detail expert), "
+            f"got {type(dcm.transformer).__name__}"
+        )
     path = Path(path)
     grid = dcm.grid
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -185,4 +208,6 @@ def export_diffusers(dcm: DCMPipeline, path: str | os.PathLike) -> Path:
         boundary_ratio=grid.boundary_ratio,
     )
     pipe.save_pretrained(path, safe_serialization=True)
+    # Our loader reads the grid back from here; stock diffusers ignores the file.
+    (path / CONFIG_NAME).write_text(json.dumps(to_dict(replace(dcm.config, detail=None)), indent=2) + "\n")
     return path
