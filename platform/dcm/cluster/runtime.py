@@ -29,25 +29,27 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     """Connects to ``address`` (or ``RAY_ADDRESS``, e.g. under ``ray job submit``) or starts a loopback-only local Ray.
 
-    A driver that is already connected (tests, notebooks) is left as it is.
+    A driver that is already connected (tests, notebooks) is left as it is. Returns True when this call connected,
+    i.e. when the caller owns the connection and should call :func:`shutdown_ray`.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     runtime_env = {"env_vars": forwarded_env()}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
+        return True
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
     logger.info("starting a local Ray on 127.0.0.1")
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env)
+    return True
 
 
 def shutdown_ray() -> None:
