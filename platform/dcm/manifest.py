@@ -8,7 +8,7 @@ A manifest is a Parquet file or folder with one row per video:
 | ``id`` | string | no | output name; derived from the row content when absent |
 | ``seed`` | int | no | job default (``--seed``) when absent |
 | ``negative_prompt`` | string | no | used only with guidance > 1 |
-| ``num_frames``, ``height``, ``width``, ``num_inference_steps``, ``fps`` | int | no | job / model defaults when absent |
+| ``num_frames``, ``height``, ``width``, ``num_inference_steps``, ``fps`` | int | no | job or model default |
 
 Row checks here need no model (types, ranges); the generator adds the model's geometry checks. A bad row becomes
 an ``error`` result naming the field and the value; it never stops the job.
