@@ -103,12 +103,24 @@ class BatchConfig:
 
 @dataclass(kw_only=True)
 class BatchSummary:
-    """What a run did; ``results`` is the results manifest as a DataFrame."""
+    """What a run did; ``results`` is the results manifest as a DataFrame.
+
+    ``first_result_seconds`` / ``first_result_rows``: when the first results reached the driver and how many rows
+    they held (actor start and model load are before it), for steady-state throughput.
+    """
 
     output: str
     results: pd.DataFrame
     wall_seconds: float
+    first_result_seconds: float = 0.0
+    first_result_rows: int = 0
     gallery_uri: str | None = None
+
+    @property
+    def steady_videos_per_second(self) -> float:
+        """Rows per second after the first results arrived (start-up and model load excluded)."""
+        span = self.wall_seconds - self.first_result_seconds
+        return (len(self.results) - self.first_result_rows) / span if span > 0 else 0.0
 
     def count(self, status: str) -> int:
         return int((self.results["status"] == status).sum()) if len(self.results) else 0
@@ -293,9 +305,11 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
         max_restarts=config.max_actor_restarts,
         max_task_retries=config.max_actor_restarts,
     )
-    parts, counts = [], Counter()
+    parts, counts, first = [], Counter(), (0.0, 0)
     with tqdm(total=num_rows, unit="video", disable=not progress, desc="generating") as bar:
         for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            if not parts:
+                first = (time.perf_counter() - start, len(part))
             parts.append(part)
             counts.update(part["status"])
             bar.update(len(part))
@@ -305,4 +319,7 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
     results = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RESULT_SCHEMA.names)
     wall = time.perf_counter() - start
     gallery = _write_outputs(config, results, wall)
-    return BatchSummary(output=Store(config.output).root, results=results, wall_seconds=wall, gallery_uri=gallery)
+    return BatchSummary(
+        output=Store(config.output).root, results=results, wall_seconds=wall, first_result_seconds=first[0],
+        first_result_rows=first[1], gallery_uri=gallery,
+    )  # fmt: skip
