@@ -161,3 +161,22 @@ def test_dockerfile_installs_like_the_readme():
     assert any("bash scripts/setup.sh" in line for line in run_lines)
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M), "the image runs as a non-root user"
     assert (ROOT / ".dockerignore").exists()
+
+
+def test_serve_config_is_a_valid_serve_schema_and_matches_the_rayservice():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((INFRA / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert [a.import_path for a in schema.applications] == ["serve.app:app_builder"]
+    service = next(obj for _, obj in k8s_objects() if obj["kind"] == "RayService")
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert embedded["applications"] == config["applications"]
+
+
+def test_serve_config_args_build_the_application():
+    from serve.app import app_builder
+
+    config = yaml.safe_load((INFRA / "serve_config.yaml").read_text())
+    app = app_builder(config["applications"][0]["args"])  # raises on unknown or malformed settings
+    assert type(app).__name__ == "Application"
