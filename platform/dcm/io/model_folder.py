@@ -147,14 +147,25 @@ def _teacher_config(family: str) -> DCMModelConfig:
     raise ValueError(f"no preset for family {family!r}")
 
 
+def plain_transformer(dcm: DCMPipeline, expert: str = SEMANTIC):
+    """A stock diffusers transformer holding one expert of ``dcm`` (its transformer itself when it is plain)."""
+    if isinstance(dcm.transformer, DualExpertTransformer):
+        return _plain_transformer(dcm, expert)
+    if isinstance(dcm.transformer, TwoTransformerRouter):
+        return dcm.transformer.detail if expert == DETAIL else dcm.transformer.semantic
+    return dcm.transformer
+
+
 def _plain_transformer(dcm: DCMPipeline, expert: str):
-    """A stock diffusers transformer holding one expert's weights (built on the meta device, no extra copy)."""
+    """A stock diffusers transformer holding one expert's weights.
+
+    Built on the CPU, not the meta device: non-persistent buffers (rotary tables) are not in the state dict.
+    """
     family = get_family(dcm.config.family)
     state = dcm.transformer.expert_state_dict(expert)
-    with torch.device("meta"):
-        model = family.transformer_class.from_config(dcm.transformer.transformer.config)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+    model = family.transformer_class.from_config(dcm.transformer.transformer.config)
+    model.load_state_dict(state, strict=True)
+    return model.to(dcm.dtype).eval()
 
 
 def _components(dcm: DCMPipeline, **overrides) -> dict:

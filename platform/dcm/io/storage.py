@@ -70,7 +70,8 @@ class Store:
     endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
-        self.root = str(self.root).rstrip("/") if is_s3(self.root) else str(Path(self.root).expanduser())
+        # Local roots are made absolute where the Store is created (Ray workers may run in another directory).
+        self.root = str(self.root).rstrip("/") if is_s3(self.root) else str(Path(self.root).expanduser().absolute())
         self._client = None
 
     # -- helpers ----------------------------------------------------------------------------------------------

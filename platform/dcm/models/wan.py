@@ -141,3 +141,34 @@ class WanFamily:
         z = pipe.vae.encode(pixels).latent_dist.sample(generator)
         mean, std = self._latent_stats(pipe, z)
         return (z - mean) / std
+
+
+def tapped_blocks(transformer: WanTransformer3DModel) -> torch.nn.ModuleList:
+    """The blocks whose outputs the Stage II discriminator reads (all 30 in Wan2.1-1.3B; spec §4.4)."""
+    return transformer.blocks
+
+
+def timestep_embedder(transformer: WanTransformer3DModel) -> torch.nn.Module:
+    """The module whose first output is ``temb`` (B, D), used by the output head."""
+    return transformer.condition_embedder
+
+
+def readout(transformer: WanTransformer3DModel, hidden: Tensor, temb: Tensor, latent_shape: tuple[int, ...]) -> Tensor:
+    """The teacher's output head applied to intermediate tokens (spec §4.4b "velocity read-outs").
+
+    Follows the output stage of ``WanTransformer3DModel.forward`` (diffusers 0.42): AdaLN from
+    ``scale_shift_table + temb``, ``norm_out``, ``proj_out``, unpatchify.
+
+    Args:
+        hidden: (B, L, D) tokens after a block. temb: (B, D). latent_shape: (B, C, F, H, W) of the model input.
+    Returns:
+        (B, C_out, F, H, W).
+    """
+    batch, _, frames, height, width = latent_shape
+    p_t, p_h, p_w = transformer.config.patch_size
+    shift, scale = (transformer.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)  # (B, 1, D)
+    x = (transformer.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+    x = transformer.proj_out(x)  # (B, L, p_t * p_h * p_w * C_out)
+    x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, F', p_t, H', p_h, W', p_w)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)

@@ -1,0 +1,190 @@
+"""Training data for distillation: precomputed VAE latents and text embeddings, local or on S3.
+
+A dataset is a folder (or ``s3://`` prefix)::
+
+    meta.json                       {"family", "num_samples", "latent_shape": [C, F, H, W], "cond_shapes": {...},
+                                     "shards": ["shards/00000.safetensors", ...], "source"}
+    index.parquet                   one row per sample: shard, row, caption
+    negative.safetensors            conditioning of the empty prompt (batch 1), for the teacher's CFG
+    shards/00000.safetensors        "latents" (N, C, F, H, W) float32 + one tensor per conditioning key (N, ...)
+
+Latents are normalised the way the family's pipeline expects (Wan: ``(z - mean) / std``; HunyuanVideo:
+``z * scaling_factor``). :class:`DatasetWriter` is the one writer (the synthetic generator below and the real-video
+preprocessing job both use it); :class:`LatentDataset` reads it back as a torch dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load, save
+from torch import Tensor
+
+from dcm.io.storage import Store
+
+META_NAME = "meta.json"
+INDEX_NAME = "index.parquet"
+NEGATIVE_NAME = "negative.safetensors"
+LATENTS_KEY = "latents"
+DEFAULT_SHARD_SIZE = 256
+
+
+class DatasetWriter:
+    """Appends samples and writes shards of ``shard_size``; :meth:`close` writes the index and meta.
+
+    Args:
+        root: local folder or ``s3://`` prefix.
+        family: model family the latents belong to.
+        negative: conditioning of the empty prompt (each tensor with batch 1).
+        shard_size: samples per shard.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        family: str,
+        negative: dict[str, Tensor],
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        endpoint_url: str | None = None,
+        source: str = "",
+    ) -> None:
+        self.store = Store(root, endpoint_url)
+        self.family = family
+        self.shard_size = shard_size
+        self.source = source
+        self.latent_shape: list[int] | None = None
+        self.cond_shapes: dict[str, list[int]] = {k: list(v.shape[1:]) for k, v in negative.items()}
+        self.store.put_bytes(NEGATIVE_NAME, save({k: v.detach().cpu().contiguous() for k, v in negative.items()}))
+        self._pending: list[tuple[Tensor, dict[str, Tensor], str]] = []
+        self._shards: list[str] = []
+        self._index: list[tuple[str, int, str]] = []
+
+    def add(self, latents: Tensor, cond: dict[str, Tensor], captions: Sequence[str]) -> None:
+        """latents: (B, C, F, H, W); cond: tensors (B, ...); captions: B strings."""
+        if latents.ndim != 5 or latents.shape[0] != len(captions):
+            raise ValueError(f"latents must be (B, C, F, H, W) with B = {len(captions)}, got {tuple(latents.shape)}")
+        shape = list(latents.shape[1:])
+        if self.latent_shape is None:
+            self.latent_shape = shape
+        elif shape != self.latent_shape:
+            raise ValueError(f"every sample must have latent shape {self.latent_shape}, got {shape}")
+        if set(cond) != set(self.cond_shapes):
+            raise ValueError(f"conditioning keys must be {sorted(self.cond_shapes)}, got {sorted(cond)}")
+        for key, value in cond.items():
+            if list(value.shape[1:]) != self.cond_shapes[key] or value.shape[0] != len(captions):
+                raise ValueError(
+                    f"{key} must have shape (B={len(captions)}, {self.cond_shapes[key]}), got {tuple(value.shape)}"
+                )
+        for i, caption in enumerate(captions):
+            self._pending.append(
+                (latents[i].detach().cpu(), {k: v[i].detach().cpu() for k, v in cond.items()}, caption)
+            )
+            if len(self._pending) == self.shard_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"shards/{len(self._shards):05d}.safetensors"
+        tensors = {LATENTS_KEY: torch.stack([p[0] for p in self._pending]).float().contiguous()}
+        for key in self.cond_shapes:
+            tensors[key] = torch.stack([p[1][key] for p in self._pending]).contiguous()
+        self.store.put_bytes(name, save(tensors))
+        self._index.extend((name, row, p[2]) for row, p in enumerate(self._pending))
+        self._shards.append(name)
+        self._pending = []
+
+    def close(self) -> dict:
+        """Writes the last shard, the index and meta.json (last, so a reader never sees a half-written dataset)."""
+        self._flush()
+        if not self._index:
+            raise ValueError("no samples were added")
+        table = pa.table({k: [r[i] for r in self._index] for i, k in enumerate(("shard", "row", "caption"))})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        self.store.put_bytes(INDEX_NAME, sink.getvalue())
+        meta = {
+            "family": self.family,
+            "num_samples": len(self._index),
+            "latent_shape": self.latent_shape,
+            "cond_shapes": self.cond_shapes,
+            "shards": self._shards,
+            "source": self.source,
+        }
+        self.store.put_bytes(META_NAME, json.dumps(meta, indent=2).encode())
+        return meta
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Reads a dataset written by :class:`DatasetWriter` (all shards held in memory: distillation sets are small).
+
+    Each item is ``{"latents": (C, F, H, W), <cond key>: (...), ...}``; :attr:`negative` holds the empty-prompt
+    conditioning (batch 1) and :attr:`meta` the dataset's meta.json.
+    """
+
+    def __init__(self, root: str, *, endpoint_url: str | None = None) -> None:
+        store = Store(root, endpoint_url)
+        if not store.exists(META_NAME):
+            raise FileNotFoundError(f"{root} is not a DCM training dataset: no {META_NAME}")
+        self.meta = json.loads(store.get_bytes(META_NAME))
+        self.negative = load(store.get_bytes(NEGATIVE_NAME))
+        shards = [load(store.get_bytes(name)) for name in self.meta["shards"]]
+        self.tensors = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        if len(self.tensors[LATENTS_KEY]) != self.meta["num_samples"]:
+            raise ValueError(f"{root}: meta says {self.meta['num_samples']} samples, shards hold "
+                             f"{len(self.tensors[LATENTS_KEY])}")  # fmt: skip
+
+    def __len__(self) -> int:
+        return self.meta["num_samples"]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    @property
+    def cond_keys(self) -> list[str]:
+        return [k for k in self.tensors if k != LATENTS_KEY]
+
+
+def moving_square_video(seed: int, *, num_frames: int, height: int, width: int) -> np.ndarray:
+    """A synthetic clip: a coloured square moving in a seeded direction over a plain background. (F, H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    colour = rng.integers(40, 255, size=3)
+    background = rng.integers(0, 60, size=3)
+    video = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    video[:] = background
+    size = max(2, height // 4)
+    y, x = rng.integers(0, height - size), rng.integers(0, width - size)
+    dy, dx = rng.choice([-1, 0, 1], size=2)
+    for f in range(num_frames):
+        top = int(np.clip(y + dy * f, 0, height - size))
+        left = int(np.clip(x + dx * f, 0, width - size))
+        video[f, top : top + size, left : left + size] = colour
+    return video
+
+
+@torch.no_grad()
+def write_synthetic_dataset(
+    pipeline, root: str, *, num_samples: int, num_frames: int, height: int, width: int, seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> dict:  # fmt: skip
+    """Encodes synthetic moving-square clips with the pipeline's own VAE and text encoder (no external data)."""
+    captions = [f"a square moving, sample {seed + i}" for i in range(num_samples)]
+    negative = pipeline.encode_prompts([""])
+    writer = DatasetWriter(root, family=pipeline.config.family, negative=negative, shard_size=shard_size,
+                           source="synthetic moving squares")  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, num_samples, shard_size):
+        batch = captions[start : start + shard_size]
+        videos = np.stack([moving_square_video(seed + start + i, num_frames=num_frames, height=height, width=width)
+                           for i in range(len(batch))])  # fmt: skip
+        pixels = torch.from_numpy(videos).float() / 255
+        latents = pipeline.family.encode_video(pipeline.pipe, pixels, generator=generator)
+        writer.add(latents, pipeline.encode_prompts(batch), batch)
+    return writer.close()
