@@ -1,4 +1,4 @@
-"""Stage II trains only the detail expert and the discriminator; checkpoints restore optimizer state exactly (no Ray)."""
+"""Stage II trains only the detail expert and discriminator; checkpoints restore optimizer state exactly (no Ray)."""
 
 from dataclasses import replace
 from pathlib import Path
