@@ -150,3 +150,34 @@ def test_health_readiness_docs_and_playground(server):
     assert status == 200 and "/v1/videos" in json.loads(spec)["paths"]
     status, headers, page = call(server["base"] + "/")
     assert status == 200 and headers["content-type"].startswith("text/html") and b"Generate" in page
+
+
+def test_playground_generates_and_explains_errors(server, browser, artifacts_dir):
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server["base"] + "/")
+    form = {name: browser.find_element(By.ID, name) for name in ("prompt", "num_frames", "height", "width")}
+    for name, value in (("num_frames", "9"), ("height", "32"), ("width", "32")):
+        form[name].clear()
+        form[name].send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results video"))
+    wait.until(
+        lambda b: b.execute_script("const v = document.querySelector('#results video'); return v.readyState >= 1")
+    )
+    duration = browser.execute_script("return document.querySelector('#results video').duration")
+    assert duration == pytest.approx(9 / 8, abs=0.2)
+    assert "Done in" in browser.find_element(By.ID, "message").text
+
+    form["num_frames"].clear()
+    form["num_frames"].send_keys("10")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda b: "Invalid input" in b.find_element(By.ID, "message").text)
+    message = browser.find_element(By.ID, "message").text
+    assert "num_frames" in message and "4*n + 1" in message
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results video")) == 1  # the failed request added nothing
+    browser.save_screenshot(os.path.join(artifacts_dir, "playground.png"))
