@@ -4,7 +4,7 @@ A dataset is a folder (or ``s3://`` prefix)::
 
     meta.json                       {"family", "num_samples", "latent_shape": [C, F, H, W], "cond_shapes": {...},
                                      "shards": ["shards/00000.safetensors", ...], "source"}
-    index.parquet                   one row per sample: shard, row, caption
+    index.parquet                   one row per sample: shard, row, caption, source (e.g. the video it came from)
     negative.safetensors            conditioning of the empty prompt (batch 1), for the teacher's CFG
     shards/00000.safetensors        "latents" (N, C, F, H, W) float32 + one tensor per conditioning key (N, ...)
 
@@ -29,6 +29,7 @@ from torch import Tensor
 from dcm.io.storage import Store
 
 META_NAME = "meta.json"
+PROGRESS_NAME = "progress.json"  # shards written so far, so an interrupted writer can resume
 INDEX_NAME = "index.parquet"
 NEGATIVE_NAME = "negative.safetensors"
 LATENTS_KEY = "latents"
@@ -54,6 +55,7 @@ class DatasetWriter:
         shard_size: int = DEFAULT_SHARD_SIZE,
         endpoint_url: str | None = None,
         source: str = "",
+        resume: bool = False,
     ) -> None:
         self.store = Store(root, endpoint_url)
         self.family = family
@@ -62,12 +64,24 @@ class DatasetWriter:
         self.latent_shape: list[int] | None = None
         self.cond_shapes: dict[str, list[int]] = {k: list(v.shape[1:]) for k, v in negative.items()}
         self.store.put_bytes(NEGATIVE_NAME, save({k: v.detach().cpu().contiguous() for k, v in negative.items()}))
-        self._pending: list[tuple[Tensor, dict[str, Tensor], str]] = []
+        self._pending: list[tuple[Tensor, dict[str, Tensor], str, str]] = []
         self._shards: list[str] = []
-        self._index: list[tuple[str, int, str]] = []
+        self._index: list[tuple[str, int, str, str]] = []
+        if resume and self.store.exists(PROGRESS_NAME):
+            progress = json.loads(self.store.get_bytes(PROGRESS_NAME))
+            self._shards, self._index = progress["shards"], [tuple(r) for r in progress["index"]]
+            self.latent_shape = progress["latent_shape"]
 
-    def add(self, latents: Tensor, cond: dict[str, Tensor], captions: Sequence[str]) -> None:
-        """latents: (B, C, F, H, W); cond: tensors (B, ...); captions: B strings."""
+    @property
+    def sources_written(self) -> set[str]:
+        """Sources of the samples in finished shards: what a resumed job skips."""
+        return {row[3] for row in self._index}
+
+    def add(
+        self, latents: Tensor, cond: dict[str, Tensor], captions: Sequence[str], sources: Sequence[str] | None = None
+    ) -> None:
+        """latents: (B, C, F, H, W); cond: tensors (B, ...); captions, sources: B strings (sources: captions)."""
+        sources = list(captions) if sources is None else list(sources)
         if latents.ndim != 5 or latents.shape[0] != len(captions):
             raise ValueError(f"latents must be (B, C, F, H, W) with B = {len(captions)}, got {tuple(latents.shape)}")
         shape = list(latents.shape[1:])
@@ -83,9 +97,8 @@ class DatasetWriter:
                     f"{key} must have shape (B={len(captions)}, {self.cond_shapes[key]}), got {tuple(value.shape)}"
                 )
         for i, caption in enumerate(captions):
-            self._pending.append(
-                (latents[i].detach().cpu(), {k: v[i].detach().cpu() for k, v in cond.items()}, caption)
-            )
+            sample = {k: v[i].detach().cpu() for k, v in cond.items()}
+            self._pending.append((latents[i].detach().cpu(), sample, caption, sources[i]))
             if len(self._pending) == self.shard_size:
                 self._flush()
 
@@ -97,16 +110,19 @@ class DatasetWriter:
         for key in self.cond_shapes:
             tensors[key] = torch.stack([p[1][key] for p in self._pending]).contiguous()
         self.store.put_bytes(name, save(tensors))
-        self._index.extend((name, row, p[2]) for row, p in enumerate(self._pending))
+        self._index.extend((name, row, p[2], p[3]) for row, p in enumerate(self._pending))
         self._shards.append(name)
         self._pending = []
+        progress = {"shards": self._shards, "index": self._index, "latent_shape": self.latent_shape}
+        self.store.put_bytes(PROGRESS_NAME, json.dumps(progress).encode())
 
     def close(self) -> dict:
         """Writes the last shard, the index and meta.json (last, so a reader never sees a half-written dataset)."""
         self._flush()
         if not self._index:
             raise ValueError("no samples were added")
-        table = pa.table({k: [r[i] for r in self._index] for i, k in enumerate(("shard", "row", "caption"))})
+        columns = ("shard", "row", "caption", "source")
+        table = pa.table({k: [r[i] for r in self._index] for i, k in enumerate(columns)})
         sink = io.BytesIO()
         pq.write_table(table, sink)
         self.store.put_bytes(INDEX_NAME, sink.getvalue())
