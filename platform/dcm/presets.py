@@ -42,24 +42,16 @@ class Preset:
     build_components: Callable[[], dict] | None = None
 
 
-def _wan_config(
-    *, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig
-) -> DCMModelConfig:
-    return DCMModelConfig(
-        family="wan",
-        schedule=ScheduleConfig(boundary_index=WAN_BOUNDARY_INDEX),
-        max_sequence_length=max_sequence_length,
-        detail=detail,
-        default_generation=generation,
-    )
+# Spec §9: each family's expert boundary on the 50-point, shift-17 grid.
+BOUNDARY_INDEX = {"wan": WAN_BOUNDARY_INDEX, "hunyuan": HUNYUAN_BOUNDARY_INDEX}
 
 
-def _hunyuan_config(
-    *, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig
+def _config(
+    family: str, *, max_sequence_length: int, detail: DetailExpertConfig, generation: GenerationConfig
 ) -> DCMModelConfig:
     return DCMModelConfig(
-        family="hunyuan",
-        schedule=ScheduleConfig(boundary_index=HUNYUAN_BOUNDARY_INDEX),
+        family=family,
+        schedule=ScheduleConfig(boundary_index=BOUNDARY_INDEX[family]),
         max_sequence_length=max_sequence_length,
         detail=detail,
         default_generation=generation,
@@ -70,7 +62,8 @@ PRESETS: dict[str, Preset] = {
     "tiny-wan": Preset(
         name="tiny-wan",
         description="random tiny Wan (28k-param transformer), built offline; for tests and smoke runs",
-        config=_wan_config(
+        config=_config(
+            "wan",
             max_sequence_length=wan.TinyWanSpec().max_sequence_length,
             detail=DetailExpertConfig(
                 duplicated_modules=wan.DUPLICATED_MODULES, lora_rank=TINY_LORA_RANK, lora_alpha=TINY_LORA_ALPHA
@@ -82,7 +75,8 @@ PRESETS: dict[str, Preset] = {
     "tiny-hunyuan": Preset(
         name="tiny-hunyuan",
         description="random tiny HunyuanVideo (diffusers test size), built offline; for tests",
-        config=_hunyuan_config(
+        config=_config(
+            "hunyuan",
             max_sequence_length=hunyuan.TinyHunyuanSpec().max_sequence_length,
             detail=DetailExpertConfig(
                 duplicated_modules=hunyuan.DUPLICATED_MODULES, lora_rank=TINY_LORA_RANK, lora_alpha=TINY_LORA_ALPHA
@@ -95,7 +89,8 @@ PRESETS: dict[str, Preset] = {
         name="wan2.1-t2v-1.3b",
         description="Wan2.1 T2V 1.3B teacher (Wan-AI/Wan2.1-T2V-1.3B-Diffusers), 480x832, 81 frames",
         hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        config=_wan_config(
+        config=_config(
+            "wan",
             max_sequence_length=wan.DEFAULT_MAX_SEQUENCE_LENGTH,
             detail=DetailExpertConfig(duplicated_modules=wan.DUPLICATED_MODULES),
             generation=GenerationConfig(num_frames=81, height=480, width=832, num_inference_steps=4, fps=16),
@@ -105,7 +100,8 @@ PRESETS: dict[str, Preset] = {
         name="hunyuanvideo",
         description="HunyuanVideo 13B teacher (hunyuanvideo-community/HunyuanVideo), 720x1280, 29 frames",
         hub_id="hunyuanvideo-community/HunyuanVideo",
-        config=_hunyuan_config(
+        config=_config(
+            "hunyuan",
             max_sequence_length=hunyuan.DEFAULT_MAX_SEQUENCE_LENGTH,
             detail=DetailExpertConfig(duplicated_modules=hunyuan.DUPLICATED_MODULES),
             generation=GenerationConfig(
