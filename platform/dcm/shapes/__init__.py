@@ -1,0 +1,1 @@
+"""A synthetic world of moving coloured shapes and ShapesBench, its pixel-only evaluator."""
