@@ -122,3 +122,23 @@ def test_semantic_objective_decreases_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_hunyuan_feature_taps_read_out_like_the_model():
+    from dcm.models import hunyuan
+
+    transformer = hunyuan.tiny_hunyuan_components(hunyuan.TinyHunyuanSpec(num_single_layers=2))["transformer"].eval()
+    features = TeacherFeatures(transformer, "hunyuan", 1)
+    x = torch.randn(2, 4, 2, 4, 4)
+    cond = {
+        "encoder_hidden_states": torch.randn(2, 5, 16),
+        "encoder_attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "pooled_projections": torch.randn(2, 8),
+        "guidance": torch.full((2,), 6000.0),
+    }
+    t = torch.tensor([300.0, 800.0])
+    tokens, readouts = features(x, t, cond)
+    assert [tuple(f.shape) for f in tokens] == [(2, 2 * 4 * 4, 20)] * 2  # latent tokens only, no text tokens
+    out = transformer(hidden_states=x, timestep=t, return_dict=False, **cond)[0]
+    torch.testing.assert_close(readouts[-1], out, atol=1e-5, rtol=0)
+    features.remove()

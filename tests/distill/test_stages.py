@@ -3,22 +3,23 @@
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from dcm.cluster.train import DISC_OPTIMIZER, OPTIMIZER, adamw, build_models, load_checkpoint, save_checkpoint
 from dcm.data import write_synthetic_dataset
 from dcm.distill.config import DETAIL_STAGE
 from dcm.distill.consistency import sample_indices
-from dcm.distill.recipes import tiny
+from dcm.distill.recipes import tiny, tiny_hunyuan
 from dcm.distill.steps import detail_generator_loss, discriminator_loss, guided_velocity, velocity
 from dcm.experts import SEMANTIC
 from dcm.io.model_folder import load_pipeline
 
 
-def detail_setup(tmp_path):
+def detail_setup(tmp_path, recipe=tiny, teacher="tiny-wan"):
     data = str(tmp_path / "data")
-    write_synthetic_dataset(load_pipeline("tiny-wan"), data, num_samples=4, num_frames=9, height=32, width=32)
-    config = replace(tiny(data=data, output=str(tmp_path / "out")), stages=(DETAIL_STAGE,))
+    write_synthetic_dataset(load_pipeline(teacher), data, num_samples=4, num_frames=9, height=32, width=32)
+    config = replace(recipe(data=data, output=str(tmp_path / "out")), stages=(DETAIL_STAGE,))
     models = build_models(config, DETAIL_STAGE, torch.device("cpu"))
     optimizers = {
         OPTIMIZER: adamw(list(models.trainable.values()), config.detail.optimizer),
@@ -58,8 +59,9 @@ def run_detail_steps(config, models, optimizers, num_steps, rng):
     return losses
 
 
-def test_stage_two_changes_only_detail_and_discriminator(tmp_path):
-    config, models, optimizers = detail_setup(tmp_path)
+@pytest.mark.parametrize("recipe, teacher", [(tiny, "tiny-wan"), (tiny_hunyuan, "tiny-hunyuan")])
+def test_stage_two_changes_only_detail_and_discriminator(tmp_path, recipe, teacher):
+    config, models, optimizers = detail_setup(tmp_path, recipe, teacher)
     teacher_before = {k: v.clone() for k, v in models.teacher.state_dict().items()}
     semantic_before = models.student.expert_state_dict(SEMANTIC)
     detail_before = {k: v.detach().clone() for k, v in models.trainable.items()}

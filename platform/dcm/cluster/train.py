@@ -177,6 +177,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     lo, hi = grid.semantic_range() if stage == SEMANTIC_STAGE else grid.detail_range()
     data = LatentDataset(config.data)
     negative = {k: v.to(device) for k, v in data.negative.items()}
+    latent_frames = data.tensors[LATENTS_KEY].shape[2]
+    if stage == SEMANTIC_STAGE and latent_frames <= config.semantic.tcl_stride and rank == 0:
+        logger.info("[semantic] Temporal Coherence Loss skipped: %d latent frames, stride %d", latent_frames,
+                    config.semantic.tcl_stride)  # fmt: skip
     loader = ray.train.torch.prepare_data_loader(
         torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     )

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dcm.models import wan
+from dcm.models import hunyuan, wan
 
 # Families whose teacher features the discriminator can read (module lookups and output head per family).
-FEATURE_FAMILIES = {"wan": wan}
+FEATURE_FAMILIES = {"wan": wan, "hunyuan": hunyuan}
 
 
 def check_feature_family(family: str) -> None:

@@ -86,4 +86,18 @@ def tiny(*, teacher: str = "tiny-wan", data: str, output: str) -> DistillConfig:
     )
 
 
-RECIPES = {"wan2.1-1.3b": wan_2_1_1_3b, "hunyuanvideo": hunyuanvideo, "tiny": tiny}
+def tiny_hunyuan(*, teacher: str = "tiny-hunyuan", data: str, output: str) -> DistillConfig:
+    """The tiny HunyuanVideo preset on a CPU: the HunyuanVideo recipe (embedded guidance) at tiny scale."""
+    base = hunyuanvideo(teacher=teacher, data=data, output=output)
+    small = tiny(teacher=teacher, data=data, output=output)
+    return replace(
+        small,
+        schedule=base.schedule,
+        detail_expert=replace(base.detail_expert, lora_rank=TINY_LORA_RANK, lora_alpha=TINY_LORA_ALPHA),
+        detail=replace(small.detail, fm_weight=base.detail.fm_weight),
+        teacher_cfg_weight=base.teacher_cfg_weight,
+        run_name="tiny-hunyuan-dcm",
+    )
+
+
+RECIPES = {"wan2.1-1.3b": wan_2_1_1_3b, "hunyuanvideo": hunyuanvideo, "tiny": tiny, "tiny-hunyuan": tiny_hunyuan}

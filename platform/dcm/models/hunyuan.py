@@ -210,3 +210,34 @@ class HunyuanFamily:
         """(B, F', H', W', 3) in [0, 1] -> (B, C, F, H, W) latents times the VAE scaling factor (spec §1.1)."""
         pixels = video.permute(0, 4, 1, 2, 3).to(pipe.vae.dtype) * 2 - 1
         return pipe.vae.encode(pixels).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
+
+
+def tapped_blocks(transformer: HunyuanVideoTransformer3DModel) -> torch.nn.ModuleList:
+    """The single-stream blocks the Stage II discriminator reads (40 in HunyuanVideo; spec §4.4)."""
+    return transformer.single_transformer_blocks
+
+
+def timestep_embedder(transformer: HunyuanVideoTransformer3DModel) -> torch.nn.Module:
+    """The module whose first output is ``temb`` (B, D)."""
+    return transformer.time_text_embed
+
+
+def readout(
+    transformer: HunyuanVideoTransformer3DModel, hidden: Tensor, temb: Tensor, latent_shape: tuple[int, ...]
+) -> Tensor:
+    """The teacher's output head on intermediate latent tokens (spec §4.4b).
+
+    Follows the output stage of ``HunyuanVideoTransformer3DModel.forward`` (diffusers 0.42): ``norm_out(hidden, temb)``
+    (AdaLN-continuous), ``proj_out``, unpatchify.
+
+    Args:
+        hidden: (B, L, D) latent tokens after a single-stream block. temb: (B, D). latent_shape: (B, C, F, H, W).
+    Returns:
+        (B, C_out, F, H, W).
+    """
+    batch, _, frames, height, width = latent_shape
+    p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+    x = transformer.proj_out(transformer.norm_out(hidden, temb))  # (B, L, p_t * p * p * C_out)
+    x = x.reshape(batch, frames // p_t, height // p, width // p, -1, p_t, p, p)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C_out, F', p_t, H', p, W', p)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
