@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from dcm.config import GenerationConfig
 from dcm.io.model_folder import load_pipeline
 from dcm.io.video import write_mp4
 
@@ -37,21 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     dcm = load_pipeline(args.model)
-    defaults = dcm.config.default_generation
     overrides = {
-        "num_frames": args.num_frames,
-        "height": args.height,
-        "width": args.width,
-        "num_inference_steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "fps": args.fps,
-    }
+        "num_frames": args.num_frames, "height": args.height, "width": args.width,
+        "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "fps": args.fps,
+    }  # fmt: skip
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "num_inference_steps" in overrides:
-        overrides["sigmas"] = None
-    config = GenerationConfig(
-        **{**{f: getattr(defaults, f) for f in GenerationConfig.__dataclass_fields__}, **overrides}
-    )
+        overrides["sigmas"] = None  # an explicit step count replaces the model's stored sigma list
+    config = dcm.with_defaults(**overrides)
     seeds = [args.seed + i for i in range(len(args.prompt))]
     start = time.perf_counter()
     frames = dcm.generate(args.prompt, seeds=seeds, config=config)

@@ -102,15 +102,14 @@ class VideoGenerator:
     def resolve(self, request: VideoRequest) -> GenerationConfig:
         """The request's generation config with defaults filled in; raises ValueError naming a bad field."""
         check_request(request, self.limits)
-        d = self.defaults
         changes = {
             name: getattr(request, name)
             for name in ("num_frames", "height", "width", "num_inference_steps", "fps", "guidance_scale")
             if getattr(request, name) is not None
         }
-        # An explicit step count replaces the model's stored sigma list.
-        sigmas = None if "num_inference_steps" in changes else d.sigmas
-        config = GenerationConfig(**{**_fields(d), **changes, "sigmas": sigmas})
+        if "num_inference_steps" in changes:
+            changes["sigmas"] = None  # an explicit step count replaces the model's stored sigma list
+        config = self.pipeline.with_defaults(**changes)
         self.pipeline.geometry.validate(num_frames=config.num_frames, height=config.height, width=config.width)
         if config.sigmas is None and self.pipeline.is_dual_expert:
             self.pipeline.sigmas(config)  # raises for step counts the DCM schedule cannot make
@@ -153,10 +152,6 @@ class VideoGenerator:
             VideoResult(id=r.id, mp4=v, seconds=per_video, batch_size=len(group), config=config)
             for r, v in zip(group, videos)
         ]
-
-
-def _fields(config: GenerationConfig) -> dict:
-    return {name: getattr(config, name) for name in GenerationConfig.__dataclass_fields__}
 
 
 def check_request(request: VideoRequest, limits: GeneratorLimits) -> None:
