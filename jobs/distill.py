@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--synthetic-frames", type=int, default=17, help="frames of synthetic clips")
     p.add_argument("--synthetic-size", type=int, default=64, help="height and width of synthetic clips")
-    p.add_argument("--stage", choices=[*STAGES, "both"], default="both")
+    p.add_argument("--stage", choices=[*STAGES, "both"], help="stages to run (default: the recipe's; most run both)")
     p.add_argument("--semantic-steps", type=int)
     p.add_argument("--detail-steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -82,7 +82,7 @@ def build_config(args: argparse.Namespace):
     if args.disc_lr is not None:
         detail = replace(detail, disc_optimizer=replace(detail.disc_optimizer, lr=args.disc_lr))
     overrides = {
-        "stages": STAGES if args.stage == "both" else (args.stage,),
+        "stages": None if args.stage is None else STAGES if args.stage == "both" else (args.stage,),
         "schedule": replace(config.schedule, **schedule),
         "semantic": semantic,
         "detail": detail,

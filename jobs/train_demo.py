@@ -1,12 +1,16 @@
-"""Train the demo stack on the shapes world, on a CPU: VAE -> teacher -> distillation data -> DCM distillation.
+"""Train the demo stack on the shapes world, on a CPU: VAE -> data -> teacher -> DCM -> baselines.
 
     python jobs/train_demo.py --work-dir outputs/demo                 # every stage, each resumable by its folder
     python jobs/train_demo.py --work-dir outputs/demo --stage vae --vae-steps 1500
 
-Stages write <work-dir>/vae, <work-dir>/teacher (a WanPipeline folder: trained VAE, tiny UMT5 text encoder with a
-ByT5 tokenizer, trained transformer, Euler flow-matching scheduler), <work-dir>/data (distillation data of shapes
-clips) and <work-dir>/dcm (jobs/distill.py's output: semantic/, final/, export/). A stage whose folder exists is
-skipped, so an interrupted run continues where it stopped.
+Stages and what they write under --work-dir:
+    vae        vae/          a small AutoencoderKLWan (+ shapesbench.json: ShapesBench of held-out reconstructions)
+    data       text/ data/   the word tokenizer + tiny UMT5 encoder; latents and prompt embeddings of training clips
+                             (the teacher trains on them and jobs/distill.py distils on them)
+    teacher    teacher/      a WanPipeline folder (trained VAE, text encoder, flow-matching transformer) + dcm_config
+    distill    dcm/          jobs/distill.py's `demo` recipe: semantic/, final/ (DCM model), export/ (stock diffusers)
+    baselines  baselines/    the ShapesBench comparison students: lcm/, pcm/, no-tcl/, no-gan/ (same step budget)
+A stage whose folder exists is skipped, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -21,35 +25,46 @@ from dataclasses import replace
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
 from dcm.config import DCMModelConfig, GenerationConfig, ScheduleConfig, to_dict
-from dcm.data import DatasetWriter
+from dcm.data import DatasetWriter, LatentDataset
+from dcm.demo import text as demo_text
 from dcm.demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
     build_teacher,
     build_vae,
     clip_batch,
+    reconstruction_report,
     set_latent_stats,
     train_teacher,
     train_vae,
 )
-from dcm.io.model_folder import CONFIG_NAME, load_pipeline
-from dcm.models.wan import TinyWanSpec, tiny_wan_components
-from dcm.presets import WAN_BOUNDARY_INDEX
+from dcm.io.model_folder import CONFIG_NAME
+from dcm.models.wan import WanFamily
+from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_SHIFT
 from dcm.shapes.world import WorldConfig
 
 logger = logging.getLogger("train_demo")
-STAGES = ("vae", "teacher", "data", "distill")
-# Seed ranges: training clips, distillation clips and ShapesBench clips never overlap.
-VAE_SEEDS, TEACHER_SEEDS, DATA_SEEDS = 0, 1_000_000, 2_000_000
+STAGES = ("vae", "data", "teacher", "distill", "baselines")
+STAGE_FOLDERS = {"distill": "dcm"}
+# Seed ranges: VAE clips, teacher/distillation clips, VAE check clips and ShapesBench clips never overlap.
+VAE_SEEDS, DATA_SEEDS = 0, 1_000_000
+# Held-out clips whose reconstructions check the VAE (ShapesBench prompts use their own seeds, dcm.shapes.bench).
+CHECK_SEEDS, CHECK_CLIPS = 5_000_000, 32
+ENCODE_BATCH = 32
 LOG_EVERY = 50
+# Width of the demo's UMT5 text encoder (2 layers).
+TEXT_DIM, TEXT_LAYERS = 32, 2
+# Generation defaults stored with the teacher: 50 Euler steps, CFG 5 (the benchmark's reference row).
+TEACHER_STEPS, TEACHER_GUIDANCE, DEMO_FPS = 50, 5.0, 8
 # Model sizes: "demo" is what ships; "test" is a seconds-long smoke run of every stage.
 SCALES = {
     "demo": (DemoVAEConfig(), DemoTeacherConfig()),
     "test": (
         DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1, 1)),
-        DemoTeacherConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16),
+        DemoTeacherConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16, batch_size=4),
     ),
 }
 
@@ -60,99 +75,134 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument("--scale", choices=sorted(SCALES), default="demo", help="model sizes")
     p.add_argument("--size", type=int, default=WorldConfig().size, help="clip height and width")
-    p.add_argument("--frames", type=int, default=WorldConfig().num_frames, help="frames per clip")
+    p.add_argument("--frames", type=int, default=WorldConfig().num_frames, help="frames per clip (1 + 4k)")
     p.add_argument("--vae-steps", type=int, default=DemoVAEConfig().num_steps)
+    p.add_argument("--data-clips", type=int, default=2048, help="clips the teacher and the distillation train on")
     p.add_argument("--teacher-steps", type=int, default=DemoTeacherConfig().num_steps)
-    p.add_argument("--data-clips", type=int, default=256)
-    p.add_argument("--semantic-steps", type=int, default=200)
-    p.add_argument("--detail-steps", type=int, default=200)
+    p.add_argument("--semantic-steps", type=int, default=300, help="DCM stage I steps")
+    p.add_argument("--detail-steps", type=int, default=300, help="DCM stage II steps")
     return p.parse_args(argv)
 
 
-def log_progress(stage: str, total: int, start: float):
+def log_progress(stage: str, total: int):
+    start = time.perf_counter()
+
     def callback(step: int, loss: float) -> None:
         if step % LOG_EVERY == 0 or step == total - 1:
-            logger.info(
-                "[%s] step %d/%d loss %.4f (%.1f s)", stage, step + 1, total, loss, time.perf_counter() - start
-            )
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (step + 1) * (total - step - 1)
+            logger.info("[%s] step %d/%d loss %.4f (%.0f s, eta %.0f s)", stage, step + 1, total, loss, elapsed, eta)
 
     return callback
+
+
+def demo_model_config(world: WorldConfig, *, steps: int, guidance_scale: float) -> DCMModelConfig:
+    """The demo family's DCMModelConfig: Wan, the demo grid (shift 5, k 25), word-level prompts, world-sized video."""
+    return DCMModelConfig(
+        family="wan", schedule=ScheduleConfig(boundary_index=DEMO_BOUNDARY_INDEX, shift=DEMO_SHIFT),
+        max_sequence_length=demo_text.MAX_SEQUENCE_LENGTH,
+        default_generation=GenerationConfig(num_frames=world.num_frames, height=world.size, width=world.size,
+                                            num_inference_steps=steps, guidance_scale=guidance_scale, fps=DEMO_FPS),
+    )  # fmt: skip
 
 
 def stage_vae(work: str, steps: int, world: WorldConfig, base: DemoVAEConfig) -> None:
     config = replace(base, num_steps=steps)
     torch.manual_seed(0)
     vae = build_vae(config)
-    train_vae(vae, config, world, first_seed=VAE_SEEDS, callback=log_progress("vae", steps, time.perf_counter()))
+    train_vae(vae, config, world, first_seed=VAE_SEEDS, callback=log_progress("vae", steps))
     set_latent_stats(vae, world, first_seed=VAE_SEEDS)
-    vae.save_pretrained(os.path.join(work, "vae"))
+    report = reconstruction_report(vae.eval(), world, range(CHECK_SEEDS, CHECK_SEEDS + CHECK_CLIPS))
+    logger.info("[vae] ShapesBench of %d held-out reconstructions: %s", CHECK_CLIPS, report)
+    folder = os.path.join(work, "vae")
+    vae.save_pretrained(folder)
+    with open(os.path.join(folder, "shapesbench.json"), "w") as f:
+        json.dump(report, f, indent=2)
 
 
-def stage_teacher(work: str, steps: int, world: WorldConfig, base: DemoTeacherConfig) -> None:
-    vae = AutoencoderKLWan.from_pretrained(os.path.join(work, "vae")).eval()
-    spec = TinyWanSpec()
-    components = tiny_wan_components(spec)
-    config = replace(base, num_steps=steps)
-    torch.manual_seed(0)
-    transformer = build_teacher(config, latent_channels=vae.config.z_dim, text_dim=spec.text_dim)
-    pipe = WanPipeline(transformer=transformer, vae=vae, text_encoder=components["text_encoder"].eval(),
-                       tokenizer=components["tokenizer"],
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=config.shift))  # fmt: skip
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-
-    def encode_latents(pixels):
-        return (vae.encode(pixels).latent_dist.sample() - mean) / std
-
-    def encode_text(captions):
-        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
-                                       max_sequence_length=spec.max_sequence_length)  # fmt: skip
-        return embeds
-
-    train_teacher(transformer, encode_latents=encode_latents, encode_text=encode_text, config=config, world=world,
-                  first_seed=TEACHER_SEEDS, callback=log_progress("teacher", steps, time.perf_counter()))  # fmt: skip
-    folder = os.path.join(work, "teacher")
-    pipe.save_pretrained(folder)
-    dcm_config = DCMModelConfig(
-        family="wan", schedule=ScheduleConfig(boundary_index=WAN_BOUNDARY_INDEX),
-        max_sequence_length=spec.max_sequence_length,
-        default_generation=GenerationConfig(num_frames=world.num_frames, height=world.size, width=world.size,
-                                            num_inference_steps=50, guidance_scale=5.0, fps=8),
+def text_pipeline(work: str) -> WanPipeline:
+    """A WanPipeline without a transformer: the trained VAE and the demo text side, for encoding."""
+    return WanPipeline(
+        transformer=None, vae=AutoencoderKLWan.from_pretrained(os.path.join(work, "vae")).eval(),
+        text_encoder=UMT5EncoderModel.from_pretrained(os.path.join(work, "text", "text_encoder")).eval(),
+        tokenizer=PreTrainedTokenizerFast.from_pretrained(os.path.join(work, "text", "tokenizer")),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=DEMO_SHIFT),
     )  # fmt: skip
-    with open(os.path.join(folder, CONFIG_NAME), "w") as f:
-        json.dump(to_dict(dcm_config), f, indent=2)
+
+
+def encode_prompts(pipe: WanPipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
+    return WanFamily().encode_prompts(pipe, prompts, max_sequence_length=demo_text.MAX_SEQUENCE_LENGTH)
 
 
 @torch.no_grad()
 def stage_data(work: str, num_clips: int, world: WorldConfig) -> None:
-    teacher = load_pipeline(os.path.join(work, "teacher"))
-    writer = DatasetWriter(os.path.join(work, "data"), family="wan", negative=teacher.encode_prompts([""]),
+    tokenizer = demo_text.word_tokenizer()
+    tokenizer.save_pretrained(os.path.join(work, "text", "tokenizer"))
+    demo_text.text_encoder(tokenizer, dim=TEXT_DIM, layers=TEXT_LAYERS).save_pretrained(
+        os.path.join(work, "text", "text_encoder")
+    )
+    pipe = text_pipeline(work)
+    writer = DatasetWriter(os.path.join(work, "data"), family="wan", negative=encode_prompts(pipe, [""]),
                            source="shapes world")  # fmt: skip
-    batch = 16
-    for start in range(0, num_clips, batch):
-        seeds = range(DATA_SEEDS + start, DATA_SEEDS + min(start + batch, num_clips))
+    generator = torch.Generator().manual_seed(DATA_SEEDS)
+    start_time = time.perf_counter()
+    for start in range(0, num_clips, ENCODE_BATCH):
+        seeds = range(DATA_SEEDS + start, DATA_SEEDS + min(start + ENCODE_BATCH, num_clips))
         pixels, captions = clip_batch(seeds, world)
         video = (pixels.permute(0, 2, 3, 4, 1) + 1) / 2  # (B, F, H, W, 3) in [0, 1]
-        writer.add(teacher.family.encode_video(teacher.pipe, video), teacher.encode_prompts(captions), captions)
+        latents = WanFamily().encode_video(pipe, video, generator=generator)
+        writer.add(latents, encode_prompts(pipe, captions), captions)
+        logger.info("[data] %d/%d clips encoded (%.0f s)", start + len(seeds), num_clips,
+                    time.perf_counter() - start_time)  # fmt: skip
     writer.close()
 
 
-def stage_distill(work: str, output: str, semantic_steps: int, detail_steps: int) -> None:
-    """jobs/distill.py's tiny recipe on the demo teacher and data (a local Ray on 127.0.0.1)."""
+def stage_teacher(work: str, steps: int, world: WorldConfig, base: DemoTeacherConfig) -> None:
+    pipe = text_pipeline(work)
+    data = LatentDataset(os.path.join(work, "data"))
+    config = replace(base, num_steps=steps)
+    torch.manual_seed(0)
+    transformer = build_teacher(config, latent_channels=pipe.vae.config.z_dim, text_dim=TEXT_DIM)
+    key = "encoder_hidden_states"
+    train_teacher(transformer, latents=data.tensors["latents"], text=data.tensors[key], negative=data.negative[key],
+                  config=config, seed=DATA_SEEDS, callback=log_progress("teacher", steps))  # fmt: skip
+    pipe = WanPipeline(**{**pipe.components, "transformer": transformer,
+                          "scheduler": FlowMatchEulerDiscreteScheduler(shift=config.shift)})  # fmt: skip
+    folder = os.path.join(work, "teacher")
+    pipe.save_pretrained(folder)
+    dcm_config = demo_model_config(world, steps=TEACHER_STEPS, guidance_scale=TEACHER_GUIDANCE)
+    with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+        json.dump(to_dict(dcm_config), f, indent=2)
+
+
+def run_recipe(work: str, recipe: str, output: str, semantic_steps: int, detail_steps: int) -> None:
+    """One jobs/distill.py recipe on the demo teacher and data (a local Ray on 127.0.0.1)."""
     from dcm.cluster.runtime import init_ray, shutdown_ray
     from dcm.cluster.train import run_distillation
-    from dcm.distill.recipes import tiny
+    from dcm.distill.recipes import RECIPES, with_budget
 
-    config = tiny(teacher=os.path.join(work, "teacher"), data=os.path.join(work, "data"), output=output)
-    config = replace(config, semantic=replace(config.semantic, num_steps=semantic_steps),
-                     detail=replace(config.detail, num_steps=detail_steps), batch_size=4,
-                     storage_path=os.path.join(work, "runs"))  # fmt: skip
+    config = RECIPES[recipe](teacher=os.path.join(work, "teacher"), data=os.path.join(work, "data"), output=output)
+    config = replace(with_budget(config, semantic_steps, detail_steps), storage_path=os.path.join(work, "runs"))
     owns_ray = init_ray()
     try:
         run_distillation(config)
     finally:
         if owns_ray:
             shutdown_ray()
+
+
+def stage_baselines(work: str, semantic_steps: int, detail_steps: int) -> None:
+    """The comparison students of ShapesBench, each in baselines/<name>; a finished one is kept."""
+    from dcm.distill.recipes import DEMO_BASELINES
+
+    for name, recipe in DEMO_BASELINES.items():
+        output = os.path.join(work, "baselines", name)
+        if os.path.exists(os.path.join(output, "final" if name.startswith("no-") else "semantic")):
+            logger.info("[baselines] %s exists: skipped", output)
+            continue
+        start = time.perf_counter()
+        run_recipe(work, recipe, output, semantic_steps, detail_steps)
+        logger.info("[baselines] %s done in %.1f s", name, time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,21 +212,25 @@ def main(argv: list[str] | None = None) -> int:
     vae_config, teacher_config = SCALES[args.scale]
     stages = STAGES if args.stage == "all" else (args.stage,)
     os.makedirs(args.work_dir, exist_ok=True)
+    total = time.perf_counter()
     for stage in stages:
-        folder = os.path.join(args.work_dir, {"distill": "dcm"}.get(stage, stage))
-        if os.path.exists(folder) and args.stage == "all":
+        folder = os.path.join(args.work_dir, STAGE_FOLDERS.get(stage, stage))
+        if os.path.exists(folder) and args.stage == "all" and stage != "baselines":
             logger.info("[%s] %s exists: skipped", stage, folder)
             continue
         start = time.perf_counter()
         if stage == "vae":
             stage_vae(args.work_dir, args.vae_steps, world, vae_config)
-        elif stage == "teacher":
-            stage_teacher(args.work_dir, args.teacher_steps, world, teacher_config)
         elif stage == "data":
             stage_data(args.work_dir, args.data_clips, world)
+        elif stage == "teacher":
+            stage_teacher(args.work_dir, args.teacher_steps, world, teacher_config)
+        elif stage == "distill":
+            run_recipe(args.work_dir, "demo", folder, args.semantic_steps, args.detail_steps)
         else:
-            stage_distill(args.work_dir, folder, args.semantic_steps, args.detail_steps)
+            stage_baselines(args.work_dir, args.semantic_steps, args.detail_steps)
         logger.info("[%s] done in %.1f s -> %s", stage, time.perf_counter() - start, folder)
+    logger.info("all requested stages done in %.1f s", time.perf_counter() - total)
     return 0
 
 

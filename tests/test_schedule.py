@@ -1,5 +1,7 @@
 """Sigma grid, expert boundary, phase edges and inference schedules (spec §1.3, §2.1, §5, §8)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -83,7 +85,7 @@ def test_routing_is_per_sample_and_matches_grid_ranges(wan_grid):
     assert is_detail(mixed, wan_grid).tolist() == [False, True, True, False]
 
 
-@pytest.mark.parametrize("k", [0, 50, -1])
+@pytest.mark.parametrize("k", [50, -1])  # 0 is valid: a single-expert grid (below)
 def test_boundary_outside_grid_is_rejected(k):
     with pytest.raises(ValueError, match="boundary_index"):
         ScheduleConfig(boundary_index=k)
@@ -143,3 +145,44 @@ def test_resolve_and_teacher_sigmas(hy_grid):
     t = teacher_sigmas(50, 5.0)
     assert len(t) == 51 and float(t[0]) == 1.0 and float(t[-1]) == 0.0
     assert float(t[25]) == pytest.approx(shift_sigma(0.5, 5.0))
+
+
+# -- single-expert grids (k = 0): the LCM/PCM-style baselines ---------------------------------------------------
+
+
+def test_single_expert_grid_covers_the_whole_grid_with_pcm_phases():
+    grid = build_grid(ScheduleConfig(boundary_index=0, shift=5.0, num_semantic_phases=4))
+    assert grid.is_single_expert and grid.semantic_range() == (0, 50)
+    # 4 phases over [0, 50): edges 0, 12, 25, 37; every index maps to the largest edge <= it.
+    index = torch.tensor([0, 11, 12, 24, 25, 36, 37, 49])
+    assert phase_end_index(index, grid).tolist() == [0, 0, 12, 12, 25, 25, 37, 37]
+    # The sampler starts at the top and then visits the phase ends sigma_prev[37], [25], [12] (then 0).
+    sigmas = dcm_sigmas(4, grid)
+    expected = [grid.sigma[49], grid.sigma_prev[37], grid.sigma_prev[25], grid.sigma_prev[12]]
+    assert sigmas == pytest.approx([float(s) for s in expected])
+    assert dcm_sigmas(1, grid) == [1.0]
+
+
+def test_single_expert_grid_with_one_phase_maps_every_index_to_x0():
+    grid = build_grid(ScheduleConfig(boundary_index=0, shift=5.0))
+    assert phase_end_index(torch.arange(50), grid).tolist() == [0] * 50
+
+
+def test_single_expert_grid_has_no_boundary():
+    grid = build_grid(ScheduleConfig(boundary_index=0))
+    with pytest.raises(ValueError, match="no expert boundary"):
+        grid.boundary_sigma
+    with pytest.raises(ValueError, match="no expert boundary"):
+        grid.boundary_ratio
+
+
+def test_detail_stage_needs_a_boundary():
+    from dcm.distill.recipes import demo, demo_lcm
+
+    config = demo_lcm(teacher="t", data="d", output="o")
+    assert config.stages == ("semantic",) and config.schedule.boundary_index == 0
+    # Same budget as the two DCM stages together.
+    full = demo(teacher="t", data="d", output="o")
+    assert config.semantic.num_steps == full.semantic.num_steps + full.detail.num_steps
+    with pytest.raises(ValueError, match="detail stage needs a boundary_index >= 1"):
+        replace(config, stages=("semantic", "detail"))

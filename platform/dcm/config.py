@@ -24,7 +24,8 @@ class ScheduleConfig:
 
     Args:
         boundary_index: ``k``. Grid indices ``[k, num_grid_steps)`` belong to the semantic expert,
-            ``[0, k)`` to the detail expert. Wan2.1 uses 35, HunyuanVideo 38.
+            ``[0, k)`` to the detail expert. Wan2.1 uses 35, HunyuanVideo 38. ``0`` means one expert over the
+            whole grid (the single-expert LCM/PCM-style consistency models DCM is compared with).
         num_train_timesteps: size of the training timestep table (t = sigma * num_train_timesteps).
         num_grid_steps: number of points of the Euler grid the consistency solver walks.
         shift: flow-matching time shift ``S``: sigma -> S*sigma / (1 + (S-1)*sigma).
@@ -50,9 +51,9 @@ class ScheduleConfig:
                 f"num_train_timesteps ({self.num_train_timesteps}) must be a multiple of "
                 f"num_grid_steps ({self.num_grid_steps})"
             )
-        if not 1 <= self.boundary_index < self.num_grid_steps:
+        if not 0 <= self.boundary_index < self.num_grid_steps:
             raise ValueError(
-                f"boundary_index must lie in [1, {self.num_grid_steps - 1}] for a grid of "
+                f"boundary_index must lie in [0, {self.num_grid_steps - 1}] for a grid of "
                 f"{self.num_grid_steps} points, got {self.boundary_index}"
             )
         if self.shift <= 0:
@@ -63,7 +64,7 @@ class ScheduleConfig:
                 f"num_semantic_phases must lie in [1, {semantic_len}] (semantic range "
                 f"[{self.boundary_index}, {self.num_grid_steps})), got {self.num_semantic_phases}"
             )
-        if not 1 <= self.num_detail_phases <= self.boundary_index:
+        if self.boundary_index > 0 and not 1 <= self.num_detail_phases <= self.boundary_index:
             raise ValueError(
                 f"num_detail_phases must lie in [1, {self.boundary_index}] (detail range "
                 f"[0, {self.boundary_index})), got {self.num_detail_phases}"

@@ -106,8 +106,9 @@ class DCMPipeline:
         self.geometry.validate(num_frames=config.num_frames, height=config.height, width=config.width)
 
     def sigmas(self, config: GenerationConfig) -> Tensor:
-        """(S + 1,) schedule: explicit list > DCM rule (dual-expert model) > the teacher's shifted uniform grid."""
-        if config.sigmas is not None or self.is_dual_expert:
+        """(S + 1,) schedule: explicit list > DCM rule (dual-expert model, or a single-expert consistency model on a
+        ``k = 0`` grid) > the teacher's shifted uniform grid."""
+        if config.sigmas is not None or self.is_dual_expert or self.grid.is_single_expert:
             return resolve_sigmas(config.num_inference_steps, self.grid, config.sigmas)
         return teacher_sigmas(config.num_inference_steps, self.pipe.scheduler.config.shift)
 

@@ -43,8 +43,15 @@ class SigmaGrid:
     config: ScheduleConfig
 
     @property
+    def is_single_expert(self) -> bool:
+        """``k == 0``: one expert covers the whole grid (no detail expert, no routing)."""
+        return self.config.boundary_index == 0
+
+    @property
     def boundary_sigma(self) -> float:
         """The semantic expert's phase end ``sigma[k-1]``; samples at or below it go to the detail expert."""
+        if self.is_single_expert:
+            raise ValueError("a single-expert grid (boundary_index 0) has no expert boundary")
         return float(self.sigma[self.config.boundary_index - 1])
 
     @property
@@ -54,7 +61,7 @@ class SigmaGrid:
         The midpoint between ``sigma[k-1]`` and ``sigma[k]`` reproduces our rule on every grid level.
         """
         k = self.config.boundary_index
-        return float(self.sigma[k - 1] + self.sigma[k]) / 2
+        return (self.boundary_sigma + float(self.sigma[k])) / 2
 
     def semantic_range(self) -> tuple[int, int]:
         """Half-open grid index range ``[k, G)`` trained by the semantic expert."""
@@ -103,9 +110,10 @@ def phase_end_index(index: Tensor, grid: SigmaGrid) -> Tensor:
         (B,) long phase-end indices; the phase-end noise level is ``grid.sigma_prev[end]``.
     """
     cfg = grid.config
-    sem_edges = phase_edges(cfg.boundary_index, cfg.num_grid_steps, cfg.num_semantic_phases)
-    det_edges = phase_edges(0, cfg.boundary_index, cfg.num_detail_phases)
-    edges = torch.cat([det_edges, sem_edges]).to(index.device)  # ascending, starts at 0
+    edges = phase_edges(cfg.boundary_index, cfg.num_grid_steps, cfg.num_semantic_phases)
+    if not grid.is_single_expert:
+        edges = torch.cat([phase_edges(0, cfg.boundary_index, cfg.num_detail_phases), edges])
+    edges = edges.to(index.device)  # ascending, starts at 0
     pos = torch.searchsorted(edges, index, right=True) - 1  # (B,)
     return edges[pos]
 
@@ -116,7 +124,8 @@ def dcm_sigmas(num_steps: int, grid: SigmaGrid) -> list[float]:
     ``num_steps // 2`` semantic steps go from ``sigma = 1`` down to ``sigma[k-1]`` on evenly spaced grid points,
     then the detail expert walks from ``sigma[k-1]`` to 0 (the sampler appends 0). With one step the single
     semantic step goes straight to 0. For HunyuanVideo's grid (k = 38) and 4 steps this reproduces the released
-    list ``[1, .992, .9818, .9124]`` (spec §5.2, §8 item 17).
+    list ``[1, .992, .9818, .9124]`` (spec §5.2, §8 item 17). A single-expert grid (k = 0) gets the PCM
+    schedule: the top of the grid, then the ends of ``num_steps`` equal phases (:func:`phase_edges`).
 
     Returns:
         The descending sigma list without the final 0.
@@ -124,6 +133,9 @@ def dcm_sigmas(num_steps: int, grid: SigmaGrid) -> list[float]:
     if not 1 <= num_steps <= MAX_DCM_STEPS:
         raise ValueError(f"num_inference_steps must lie in [1, {MAX_DCM_STEPS}] for a DCM schedule, got {num_steps}")
     top, k = grid.config.num_grid_steps - 1, grid.config.boundary_index
+    if grid.is_single_expert:
+        edges = phase_edges(0, top + 1, num_steps).tolist()
+        return [float(grid.sigma[top])] + [float(grid.sigma_prev[e]) for e in reversed(edges[1:])]
     if num_steps == 1:
         return [float(grid.sigma[top])]
     num_semantic = num_steps // 2

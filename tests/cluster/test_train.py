@@ -75,4 +75,4 @@ def test_bad_input_fails_before_any_worker(ray_cluster, tiny_data, tmp_path, cap
     with pytest.raises(ValueError, match="stride must divide the teacher depth"):
         run_distillation(bad_stride)
     assert main(["--data", tiny_data, "--output", str(tmp_path / "o"), "--boundary-index", "60"]) == 2
-    assert "boundary_index must lie in [1, 49] for a grid of 50 points, got 60" in caplog.text
+    assert "boundary_index must lie in [0, 49] for a grid of 50 points, got 60" in caplog.text

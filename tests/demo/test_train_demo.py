@@ -28,7 +28,7 @@ def test_vae_and_teacher_losses_decrease_on_a_fixed_batch():
     losses = []
     for _ in range(12):
         torch.manual_seed(1)  # the same posterior sample every step: a fixed objective
-        loss = vae_loss(vae, pixels, TINY_VAE.kl_weight)
+        loss = vae_loss(vae, pixels, TINY_VAE)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

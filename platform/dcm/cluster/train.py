@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dcm.config import GenerationConfig
 from dcm.data import LATENTS_KEY, LatentDataset
 from dcm.distill.config import DETAIL_STAGE, SEMANTIC_STAGE, DistillConfig
 from dcm.distill.consistency import sample_indices
@@ -288,13 +289,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def stage_pipeline(config: DistillConfig, models: StageModels, stage: str) -> DCMPipeline:
     """The student as a DCMPipeline sharing the teacher's text encoder, VAE and tokenizer."""
     base = models.pipeline
+    model_config = replace(base.config, schedule=config.schedule, default_generation=student_generation(config, base))
     if stage == SEMANTIC_STAGE:
         student = copy.deepcopy(models.student).eval()
         pipe = base.family.pipeline_class(**{**base.pipe.components, "transformer": student})
-        return DCMPipeline(pipe, replace(base.config, schedule=config.schedule, detail=None))
+        return DCMPipeline(pipe, replace(model_config, detail=None))
     dual = models.student
     pipe = base.family.pipeline_class(**{**base.pipe.components, "transformer": dual.transformer})
-    return DCMPipeline(pipe, replace(base.config, schedule=config.schedule, detail=config.detail_expert), dual)
+    return DCMPipeline(pipe, replace(model_config, detail=config.detail_expert), dual)
+
+
+def student_generation(config: DistillConfig, teacher: DCMPipeline) -> GenerationConfig:
+    """The teacher's generation defaults (size, frames, fps) with the student's steps and no CFG.
+
+    An explicit sigma list of the teacher's config (a released few-step schedule) is kept when it has
+    ``student_steps`` entries; otherwise the student's grid decides the schedule.
+    """
+    gen = teacher.config.default_generation
+    sigmas = gen.sigmas if gen.sigmas is not None and len(gen.sigmas) == config.student_steps else None
+    return replace(gen, num_inference_steps=config.student_steps, guidance_scale=1.0, sigmas=sigmas)
 
 
 def write_validation(config: DistillConfig, models: StageModels, stage: str, step: int) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from dcm.config import DetailExpertConfig, ScheduleConfig
 from dcm.distill.discriminator import DiscriminatorConfig
+from dcm.schedule import MAX_DCM_STEPS
 
 SEMANTIC_STAGE, DETAIL_STAGE = "semantic", "detail"
 STAGES = (SEMANTIC_STAGE, DETAIL_STAGE)
@@ -80,6 +81,7 @@ class DistillConfig:
         schedule: grid and boundary k.
         detail_expert: LoRA rank/alpha/targets and duplicated modules.
         teacher_cfg_weight: w in ``v = v_c + w (v_c - v_u)``; 0 = no CFG (guidance-distilled teachers).
+        student_steps: the sampler steps written as the student's default generation (guidance 1: no CFG).
         storage_path / run_name: Ray Train's run folder (local or ``s3://``); a re-submitted run with the same
             name resumes from its latest checkpoint.
         log_every / report_every: steps between log lines (rank 0) and between ``ray.train.report`` calls
@@ -107,6 +109,7 @@ class DistillConfig:
     report_every: int = 10
     validate_every: int = 0
     validation_prompt: str = "a red circle moving left"
+    student_steps: int = 4
     seed: int = 42
     max_failures: int = 0
     storage_path: str = "outputs/distill-runs"
@@ -124,5 +127,9 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.teacher_cfg_weight < 0:
             raise ValueError(f"teacher_cfg_weight must be >= 0, got {self.teacher_cfg_weight}")
+        if DETAIL_STAGE in self.stages and self.schedule.boundary_index == 0:
+            raise ValueError("the detail stage needs a boundary_index >= 1 (0 means a single-expert grid)")
+        if not 1 <= self.student_steps <= MAX_DCM_STEPS:
+            raise ValueError(f"student_steps must lie in [1, {MAX_DCM_STEPS}], got {self.student_steps}")
         if self.strategy == "fsdp" and not self.use_gpu:
             raise ValueError("strategy 'fsdp' needs use_gpu=True (FSDP shards over CUDA devices)")

@@ -1,0 +1,174 @@
+"""ShapesBench: one prompt set and seed set through several samplers, scored from decoded MP4 pixels alone.
+
+A *row* is a model folder plus a sampler setting (steps, guidance). Every row generates the same prompts with the
+same seeds; its videos go through an MP4 round trip (what a user downloads) and are scored by
+:mod:`dcm.shapes.evaluate` against the attributes the prompt asked for, and by their pixel distance to the reference
+row's videos (the teacher's 50-step output). Wall time per video covers prompt encoding, sampling and VAE decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcm.config import GenerationConfig
+from dcm.io.video import decode_mp4, encode_mp4
+from dcm.pipeline import DCMPipeline
+from dcm.shapes.evaluate import pixel_distance, score_video, summarise
+from dcm.shapes.world import Attributes, WorldConfig, make_clip
+
+# Benchmark clips come from seeds far from every training range of jobs/train_demo.py (VAE 0.., data 1e6..,
+# VAE check 5e6..): a benchmark seed is never a training seed (its noise is new; its caption comes from the same
+# finite vocabulary).
+BENCH_SEEDS = 9_000_000
+GENERATE_BATCH = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchPrompt:
+    seed: int
+    caption: str
+    attributes: Attributes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One line of the table: which model, how it samples, and what it is."""
+
+    name: str
+    model: str
+    steps: int
+    guidance_scale: float = 1.0
+    description: str = ""
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per video (CFG doubles each step)."""
+        return self.steps * (2 if self.guidance_scale > 1 else 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowResult:
+    row: Row
+    metrics: dict[str, float]  # summarise() + distance_to_reference + seconds_per_video
+    videos: np.ndarray = None  # (N, F, H, W, 3) uint8 after the MP4 round trip
+
+
+def bench_prompts(num: int, world: WorldConfig, *, first_seed: int = BENCH_SEEDS) -> list[BenchPrompt]:
+    """``num`` prompts drawn from the world with benchmark seeds; the same seed is the generation seed."""
+    clips = [(first_seed + i, make_clip(first_seed + i, world)) for i in range(num)]
+    return [BenchPrompt(seed=s, caption=c.caption, attributes=c.attributes) for s, c in clips]
+
+
+def through_mp4(videos: np.ndarray, fps: int) -> np.ndarray:
+    """(N, F, H, W, 3) uint8 -> the same after encoding to MP4 and decoding back."""
+    return np.stack([decode_mp4(encode_mp4(v, fps=fps)).frames for v in videos])
+
+
+def generate_row(dcm: DCMPipeline, row: Row, prompts: Sequence[BenchPrompt]) -> tuple[np.ndarray, float]:
+    """Videos (N, F, H, W, 3) uint8 of a row and the wall seconds per video (first batch run twice: warm-up)."""
+    config = dcm.with_defaults(num_inference_steps=row.steps, guidance_scale=row.guidance_scale, sigmas=None)
+    batches = [prompts[i : i + GENERATE_BATCH] for i in range(0, len(prompts), GENERATE_BATCH)]
+    _run(dcm, config, batches[0])
+    start = time.perf_counter()
+    videos = np.concatenate([_run(dcm, config, batch) for batch in batches])
+    return videos, (time.perf_counter() - start) / len(prompts)
+
+
+def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt]) -> np.ndarray:
+    return dcm.generate([p.caption for p in batch], seeds=[p.seed for p in batch], config=config)
+
+
+def score_row(
+    row: Row, videos: np.ndarray, seconds_per_video: float, prompts: Sequence[BenchPrompt],
+    reference: np.ndarray | None,
+) -> RowResult:  # fmt: skip
+    """Scores decoded videos against their prompts and (if given) the reference row's videos."""
+    scores = [score_video(v, p.attributes) for v, p in zip(videos, prompts)]
+    metrics = summarise(scores)
+    if reference is not None:
+        metrics["distance_to_reference"] = float(np.mean([pixel_distance(v, r) for v, r in zip(videos, reference)]))
+    metrics["seconds_per_video"] = seconds_per_video
+    return RowResult(row=row, metrics=metrics, videos=videos)
+
+
+COLUMNS = (
+    ("steps", "steps"),
+    ("NFE", "nfe"),
+    ("colour %", "colour_acc"),
+    ("shape %", "shape_acc"),
+    ("direction %", "direction_acc"),
+    ("jitter px", "jitter_px"),
+    ("consistency %", "consistency"),
+    ("dist. to teacher-50", "distance_to_reference"),
+    ("s / video", "seconds_per_video"),
+    ("speed-up", "speedup"),
+)
+
+
+def table_rows(results: Sequence[RowResult]) -> list[dict[str, float | str]]:
+    """One dict per row with every column; speed-up is relative to the first (reference) row."""
+    reference_time = results[0].metrics["seconds_per_video"]
+    rows = []
+    for r in results:
+        values = {"name": r.row.name, "steps": r.row.steps, "nfe": r.row.nfe, **r.metrics}
+        values["speedup"] = reference_time / r.metrics["seconds_per_video"]
+        rows.append(values)
+    return rows
+
+
+def markdown_table(results: Sequence[RowResult]) -> str:
+    """The comparison as a Markdown table (accuracies and consistency in percent, distances in [0, 1])."""
+    header = "| row | " + " | ".join(title for title, _ in COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(COLUMNS)]
+    for values in table_rows(results):
+        cells = [_format(key, values.get(key)) for _, key in COLUMNS]
+        lines.append(f"| {values['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key in ("steps", "nfe"):
+        return str(int(value))
+    if key == "speedup":
+        return f"{value:.1f}x"
+    if key in ("distance_to_reference", "seconds_per_video"):
+        return f"{value:.4f}" if key == "distance_to_reference" else f"{value:.3f}"
+    return f"{value:.1f}" if np.isfinite(value) else "inf"
+
+
+def chart(results: Sequence[RowResult], path: str) -> None:
+    """A PNG: accuracies per row (grouped bars) and wall time per video (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table_rows(results)
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    metrics = (("colour_acc", "colour"), ("shape_acc", "shape"), ("direction_acc", "direction"),
+               ("consistency", "consistency"))  # fmt: skip
+    width = 0.8 / len(metrics)
+    for i, (key, label) in enumerate(metrics):
+        ax_acc.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
+    ax_acc.set_ylabel("percent")
+    ax_acc.set_ylim(0, 105)
+    ax_acc.set_title("ShapesBench (higher is better)")
+    ax_acc.legend(loc="lower left", fontsize=8)
+    ax_time.bar(x, [r["seconds_per_video"] for r in rows], color="tab:gray")
+    ax_time.set_yscale("log")
+    ax_time.set_ylabel("seconds per video (log)")
+    ax_time.set_title("wall time per video")
+    for ax in (ax_acc, ax_time):
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
