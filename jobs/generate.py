@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dcm.io.model_folder import load_pipeline
 from dcm.io.video import write_mp4
+from dcm.presets import DEFAULT_MODEL
 
 logger = logging.getLogger("generate")
 
@@ -20,7 +21,7 @@ logger = logging.getLogger("generate")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several videos")
-    parser.add_argument("--model", default="tiny-wan", help="preset, model folder, s3:// folder or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="preset, model folder, s3:// folder or hub id")
     parser.add_argument("--output", default="outputs/generate", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first prompt; the n-th uses seed + n")
     parser.add_argument("--num-frames", type=int, help="frames (4n+1); default: the model's")

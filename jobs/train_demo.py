@@ -10,23 +10,29 @@ Stages and what they write under --work-dir:
     teacher    teacher/      a WanPipeline folder (trained VAE, text encoder, flow-matching transformer) + dcm_config
     distill    dcm/          jobs/distill.py's `demo` recipe: semantic/, final/ (DCM model), export/ (stock diffusers)
     baselines  baselines/    the ShapesBench comparison students: lcm/, pcm/, no-tcl/, no-gan/ (same step budget)
+    package    (not in "all") copies dcm/final and dcm/export into the package data (platform/dcm/assets), the
+               export's weights stored in float16 to keep the package small (they load back as float32)
 A stage whose folder exists is skipped, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
+from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.config import DCMModelConfig, GenerationConfig, ScheduleConfig, to_dict
 from dcm.data import DatasetWriter, LatentDataset
 from dcm.demo import text as demo_text
@@ -36,6 +42,7 @@ from dcm.demo.training import (
     build_teacher,
     build_vae,
     clip_batch,
+    make_deterministic,
     reconstruction_report,
     set_latent_stats,
     train_teacher,
@@ -43,11 +50,13 @@ from dcm.demo.training import (
 )
 from dcm.io.model_folder import CONFIG_NAME
 from dcm.models.wan import WanFamily
-from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_SHIFT
+from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_EXPORT_FOLDER, DEMO_FOLDER, DEMO_SHIFT
 from dcm.shapes.world import WorldConfig
 
 logger = logging.getLogger("train_demo")
 STAGES = ("vae", "data", "teacher", "distill", "baselines")
+PACKAGE_STAGE = "package"
+RAY_STAGES = ("distill", "baselines")
 STAGE_FOLDERS = {"distill": "dcm"}
 # Seed ranges: VAE clips, teacher/distillation clips, VAE check clips and ShapesBench clips never overlap.
 VAE_SEEDS, DATA_SEEDS = 0, 1_000_000
@@ -72,7 +81,7 @@ SCALES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default="outputs/demo")
-    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--stage", choices=[*STAGES, PACKAGE_STAGE, "all"], default="all")
     p.add_argument("--scale", choices=sorted(SCALES), default="demo", help="model sizes")
     p.add_argument("--size", type=int, default=WorldConfig().size, help="clip height and width")
     p.add_argument("--frames", type=int, default=WorldConfig().num_frames, help="frames per clip (1 + 4k)")
@@ -111,6 +120,7 @@ def stage_vae(work: str, steps: int, world: WorldConfig, base: DemoVAEConfig) ->
     torch.manual_seed(0)
     vae = build_vae(config)
     train_vae(vae, config, world, first_seed=VAE_SEEDS, callback=log_progress("vae", steps))
+    make_deterministic(vae)
     set_latent_stats(vae, world, first_seed=VAE_SEEDS)
     report = reconstruction_report(vae.eval(), world, range(CHECK_SEEDS, CHECK_SEEDS + CHECK_CLIPS))
     logger.info("[vae] ShapesBench of %d held-out reconstructions: %s", CHECK_CLIPS, report)
@@ -176,19 +186,13 @@ def stage_teacher(work: str, steps: int, world: WorldConfig, base: DemoTeacherCo
 
 
 def run_recipe(work: str, recipe: str, output: str, semantic_steps: int, detail_steps: int) -> None:
-    """One jobs/distill.py recipe on the demo teacher and data (a local Ray on 127.0.0.1)."""
-    from dcm.cluster.runtime import init_ray, shutdown_ray
+    """One jobs/distill.py recipe on the demo teacher and data, on the connected Ray (see :func:`main`)."""
     from dcm.cluster.train import run_distillation
     from dcm.distill.recipes import RECIPES, with_budget
 
     config = RECIPES[recipe](teacher=os.path.join(work, "teacher"), data=os.path.join(work, "data"), output=output)
     config = replace(with_budget(config, semantic_steps, detail_steps), storage_path=os.path.join(work, "runs"))
-    owns_ray = init_ray()
-    try:
-        run_distillation(config)
-    finally:
-        if owns_ray:
-            shutdown_ray()
+    run_distillation(config)
 
 
 def stage_baselines(work: str, semantic_steps: int, detail_steps: int) -> None:
@@ -205,14 +209,50 @@ def stage_baselines(work: str, semantic_steps: int, detail_steps: int) -> None:
         logger.info("[baselines] %s done in %.1f s", name, time.perf_counter() - start)
 
 
+def stage_package(work: str) -> None:
+    """Replaces the bundled demo model (package data) with this work dir's DCM folder and export."""
+    targets = ((os.path.join(work, "dcm", "final"), DEMO_FOLDER, None),
+               (os.path.join(work, "dcm", "export"), DEMO_EXPORT_FOLDER, torch.float16))  # fmt: skip
+    for source, target, dtype in targets:
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"{source} does not exist: run the distill stage first")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        if dtype is not None:
+            for path in glob.glob(os.path.join(target, "**", "*.safetensors"), recursive=True):
+                state = load_file(path)
+                save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, path)
+        size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(target, "**"), recursive=True)
+                   if os.path.isfile(p))  # fmt: skip
+        logger.info("[package] %s -> %s (%.1f MB)", source, target, size / 1e6)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     world = WorldConfig(size=args.size, num_frames=args.frames, pixels_per_frame=args.size / 64 * 1.5)
     vae_config, teacher_config = SCALES[args.scale]
+    if args.stage == PACKAGE_STAGE:
+        stage_package(args.work_dir)
+        return 0
     stages = STAGES if args.stage == "all" else (args.stage,)
     os.makedirs(args.work_dir, exist_ok=True)
     total = time.perf_counter()
+    run_stages(args, [s for s in stages if s not in RAY_STAGES], world, vae_config, teacher_config)
+    ray_stages = [s for s in stages if s in RAY_STAGES]  # the last ones: they distil the teacher
+    if ray_stages:
+        # One Ray for every distillation run: a local one on 127.0.0.1, or $RAY_ADDRESS under `ray job submit`.
+        owns_ray = init_ray()
+        try:
+            run_stages(args, ray_stages, world, vae_config, teacher_config)
+        finally:
+            if owns_ray:
+                shutdown_ray()
+    logger.info("all requested stages done in %.1f s", time.perf_counter() - total)
+    return 0
+
+
+def run_stages(args, stages, world: WorldConfig, vae_config: DemoVAEConfig, teacher_config: DemoTeacherConfig) -> None:
     for stage in stages:
         folder = os.path.join(args.work_dir, STAGE_FOLDERS.get(stage, stage))
         if os.path.exists(folder) and args.stage == "all" and stage != "baselines":
@@ -230,8 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stage_baselines(args.work_dir, args.semantic_steps, args.detail_steps)
         logger.info("[%s] done in %.1f s -> %s", stage, time.perf_counter() - start, folder)
-    logger.info("all requested stages done in %.1f s", time.perf_counter() - total)
-    return 0
 
 
 if __name__ == "__main__":

@@ -171,9 +171,9 @@ def test_single_expert_grid_with_one_phase_maps_every_index_to_x0():
 def test_single_expert_grid_has_no_boundary():
     grid = build_grid(ScheduleConfig(boundary_index=0))
     with pytest.raises(ValueError, match="no expert boundary"):
-        grid.boundary_sigma
+        _ = grid.boundary_sigma
     with pytest.raises(ValueError, match="no expert boundary"):
-        grid.boundary_ratio
+        _ = grid.boundary_ratio
 
 
 def test_detail_stage_needs_a_boundary():

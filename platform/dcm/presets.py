@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from dcm.config import DCMModelConfig, DetailExpertConfig, GenerationConfig, ScheduleConfig
 from dcm.models import hunyuan, wan
@@ -23,8 +24,12 @@ DEMO_BOUNDARY_INDEX = 25
 # Tiny presets use a small LoRA so the detail expert stays a few kB.
 TINY_LORA_RANK = 4
 TINY_LORA_ALPHA = 8.0
-# The model the batch job and the endpoint use when none is given (the bundled demo model once it ships).
-DEFAULT_MODEL = "tiny-wan"
+# The model the batch job and the endpoint use when none is given: the bundled demo model.
+DEFAULT_MODEL = "demo"
+# Package data (pyproject: dcm/assets/**): the demo model's DCM folder and its stock-diffusers export.
+ASSETS = Path(__file__).parent / "assets"
+DEMO_FOLDER = ASSETS / "demo-model"
+DEMO_EXPORT_FOLDER = ASSETS / "demo-model-export"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +40,7 @@ class Preset:
         name: the preset key users pass as ``--model``.
         config: the DCM config (family, grid, detail expert, generation defaults).
         hub_id: diffusers repository id for real weights; None for tiny presets.
+        folder: a model folder shipped with the package (the demo model); None otherwise.
         build_components: builder of random tiny components (offline); None for real checkpoints.
         description: one line for ``--help`` and README.
     """
@@ -43,6 +49,7 @@ class Preset:
     config: DCMModelConfig
     description: str
     hub_id: str | None = None
+    folder: Path | None = None
     build_components: Callable[[], dict] | None = None
 
 
@@ -75,6 +82,18 @@ PRESETS: dict[str, Preset] = {
             generation=GenerationConfig(num_frames=17, height=64, width=64, num_inference_steps=4, fps=8),
         ),
         build_components=wan.tiny_wan_components,
+    ),
+    "demo": Preset(
+        name="demo",
+        description="the bundled demo model: DCM distilled from a teacher trained here on the shapes world "
+        "(64x64, 17 frames; prompts like 'a small red circle moving left slowly')",
+        folder=DEMO_FOLDER,
+        config=_config(
+            "wan",
+            max_sequence_length=16,  # dcm.demo.text.MAX_SEQUENCE_LENGTH; the folder's dcm_config.json is what loads
+            detail=DetailExpertConfig(duplicated_modules=wan.DUPLICATED_MODULES),
+            generation=GenerationConfig(num_frames=17, height=64, width=64, num_inference_steps=4, fps=8),
+        ),
     ),
     "tiny-hunyuan": Preset(
         name="tiny-hunyuan",

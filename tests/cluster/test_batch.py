@@ -59,7 +59,7 @@ def test_local_run_bad_rows_escaping_ids_and_rerun(ray_cluster, tmp_path):
     # Every ok row: an MP4 of the asked shape at its URI, inside the output folder.
     for row in GOOD + ESCAPING:
         r = results.loc[row["id"]]
-        assert r["status"] == "ok" and r["model"] == "tiny-wan" and r["model_version"].startswith("dcm-")
+        assert r["status"] == "ok" and r["model"] == DEFAULT_MODEL and r["model_version"].startswith("dcm-")
         assert os.path.dirname(r["uri"]) == str(out.resolve()), r["uri"]
         video = read_mp4(r["uri"])
         frames, size = row.get("num_frames", 9), row.get("height", 32)

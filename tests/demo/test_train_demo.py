@@ -1,9 +1,13 @@
 """The demo stack's training: VAE and teacher losses go down; the stages write folders the platform loads."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from dcm.demo.text import MAX_SEQUENCE_LENGTH
 from dcm.demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
@@ -11,9 +15,13 @@ from dcm.demo.training import (
     build_vae,
     clip_batch,
     flow_matching_loss,
+    object_weights,
+    train_teacher,
     vae_loss,
 )
-from dcm.shapes.world import WorldConfig
+from dcm.schedule import dcm_sigmas
+from dcm.shapes.evaluate import object_masks
+from dcm.shapes.world import WorldConfig, make_clip
 
 WORLD = WorldConfig(size=32, num_frames=9, pixels_per_frame=1.0)
 TINY_VAE = DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1, 1), num_steps=1)
@@ -26,14 +34,14 @@ def test_vae_and_teacher_losses_decrease_on_a_fixed_batch():
     pixels, _ = clip_batch(range(2), WORLD)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(16):
         torch.manual_seed(1)  # the same posterior sample every step: a fixed objective
         loss = vae_loss(vae, pixels, TINY_VAE)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
 
     teacher = build_teacher(TINY_TEACHER, latent_channels=16, text_dim=8)
     x0, text = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 5, 8)
@@ -48,6 +56,26 @@ def test_vae_and_teacher_losses_decrease_on_a_fixed_batch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_object_weights_mark_the_object_pixels():
+    pixels, _ = clip_batch([7], WORLD)  # (1, 3, F, H, W)
+    weights = object_weights(pixels, weight=20.0, threshold=0.3)
+    assert weights.shape == (1, 1, 9, 32, 32) and set(weights.unique().tolist()) == {1.0, 21.0}
+    truth = make_clip(7, WORLD).frames  # the rendered object is exactly where the weights are high
+    on_object = torch.from_numpy(object_masks(truth))
+    assert torch.equal(weights[0, 0] > 1, on_object)
+
+
+def test_teacher_training_replaces_dropped_captions_with_the_empty_prompt():
+    teacher = build_teacher(TINY_TEACHER, latent_channels=16, text_dim=8)
+    latents, text = torch.randn(4, 16, 3, 4, 4), torch.randn(4, 5, 8)
+    config = replace(TINY_TEACHER, num_steps=3, batch_size=2, caption_dropout=1.0)
+    seen = []
+    handle = teacher.condition_embedder.text_embedder.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    losses = train_teacher(teacher, latents=latents, text=text, negative=torch.zeros(1, 5, 8), config=config)
+    handle.remove()
+    assert len(losses) == 3 and all(torch.count_nonzero(t) == 0 for t in seen)
+
+
 @pytest.mark.slow
 def test_stages_write_a_teacher_the_platform_loads(tmp_path):
     from dcm.data import LatentDataset
@@ -56,11 +84,36 @@ def test_stages_write_a_teacher_the_platform_loads(tmp_path):
 
     work = str(tmp_path / "demo")
     common = ["--work-dir", work, "--scale", "test", "--size", "32", "--frames", "9"]
-    for stage, extra in (("vae", ["--vae-steps", "2"]), ("teacher", ["--teacher-steps", "2"]),
-                         ("data", ["--data-clips", "4"])):  # fmt: skip
+    for stage, extra in (("vae", ["--vae-steps", "2"]), ("data", ["--data-clips", "8"]),
+                         ("teacher", ["--teacher-steps", "2"])):  # fmt: skip
         assert main([*common, "--stage", stage, *extra]) == 0
+    assert set(json.loads((tmp_path / "demo" / "vae" / "shapesbench.json").read_text())) >= {"colour_acc"}
     teacher = load_pipeline(f"{work}/teacher")
-    assert not teacher.is_dual_expert and teacher.max_sequence_length == 32
-    frames = teacher.generate(["a red circle moving left"], seeds=[0])
+    assert not teacher.is_dual_expert and teacher.max_sequence_length == MAX_SEQUENCE_LENGTH
+    assert teacher.with_defaults().num_inference_steps == 50 and teacher.with_defaults().guidance_scale == 5.0
+    frames = teacher.generate(["a red circle moving left"], seeds=[0], config=teacher.with_defaults(
+        num_inference_steps=2))  # fmt: skip
     assert frames.shape == (1, 9, 32, 32, 3) and np.isfinite(frames).all()
-    assert len(LatentDataset(f"{work}/data")) == 4
+    data = LatentDataset(f"{work}/data")
+    assert len(data) == 8 and data.tensors["encoder_hidden_states"].shape[1:] == (MAX_SEQUENCE_LENGTH, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_single_expert_baseline_trains_through_the_distillation_job(tmp_path, ray_cluster):
+    from dcm.io.model_folder import load_pipeline
+    from jobs.train_demo import main, run_recipe
+
+    work = str(tmp_path / "demo")
+    common = ["--work-dir", work, "--scale", "test", "--size", "32", "--frames", "9"]
+    for stage, extra in (("vae", ["--vae-steps", "1"]), ("data", ["--data-clips", "8"]),
+                         ("teacher", ["--teacher-steps", "1"])):  # fmt: skip
+        assert main([*common, "--stage", stage, *extra]) == 0
+    run_recipe(work, "demo-pcm", f"{work}/baselines/pcm", 1, 1)
+    student = load_pipeline(f"{work}/baselines/pcm/semantic")
+    assert student.grid.is_single_expert and student.grid.config.num_semantic_phases == 4
+    defaults = student.with_defaults()
+    assert (defaults.num_inference_steps, defaults.guidance_scale) == (4, 1.0)  # the student's, not the teacher's
+    assert student.sigmas(defaults).tolist() == pytest.approx([*dcm_sigmas(4, student.grid), 0.0])
+    frames = student.generate(["a blue square moving up"], seeds=[1])
+    assert frames.shape == (1, 9, 32, 32, 3)

@@ -29,11 +29,16 @@ class DemoVAEConfig:
     base_dim: int = 16
     dim_mult: tuple[int, ...] = (1, 2, 2, 2)
     z_dim: int = 16
-    num_steps: int = 1500
+    num_steps: int = 1600
     batch_size: int = 4
     # Training clips are short (1 + 4k frames: the causal VAE's first frame plus k chunks of 4), which costs a
-    # fraction of a full clip; the chunked encoder/decoder then runs on clips of any 1 + 4k length.
+    # fraction of a full clip; the chunked encoder/decoder then runs on clips of any 1 + 4k length. The last
+    # `long_clip_steps` steps use two-chunk clips (at a smaller batch) so the decoder also learns the hand-over of
+    # its cache from one chunk to the next (measured: trained on 5-frame clips only, colours drift after frame 5).
     train_frames: int = 5
+    long_clip_frames: int = 9
+    long_clip_batch_size: int = 2
+    long_clip_steps: int = 600
     lr: float = 1e-3
     min_lr: float = 1e-4  # end of the cosine decay
     kl_weight: float = 1e-6
@@ -86,9 +91,14 @@ def object_weights(pixels: Tensor, *, weight: float, threshold: float) -> Tensor
 
 
 def vae_loss(vae: AutoencoderKLWan, pixels: Tensor, config: DemoVAEConfig) -> Tensor:
-    """Object-weighted L1 reconstruction + a small KL term; pixels (B, 3, F, H, W) in [-1, 1]."""
+    """Object-weighted L1 reconstruction + a small KL term; pixels (B, 3, F, H, W) in [-1, 1].
+
+    The decoder reads the posterior mean (a deterministic autoencoder, as the platform encodes with ``mode()``
+    for generation targets anyway): sampling the posterior during a CPU-sized training run left the decoder
+    averaging over latent noise (measured: blurry blobs and lost colours after 1500 steps).
+    """
     posterior = vae.encode(pixels).latent_dist
-    reconstruction = vae.decode(posterior.sample()).sample
+    reconstruction = vae.decode(posterior.mode()).sample
     weights = object_weights(pixels, weight=config.object_weight, threshold=config.object_threshold)
     l1 = ((reconstruction - pixels).abs() * weights).sum() / (weights.sum() * pixels.shape[1])
     return l1 + config.kl_weight * posterior.kl().mean()
@@ -100,13 +110,15 @@ def train_vae(
 ) -> list[float]:  # fmt: skip
     """Trains on fresh short clips every step (seeds first_seed, first_seed + 1, ...); returns the losses."""
     vae.train()
-    world = replace(world, num_frames=config.train_frames)
+    short, long = replace(world, num_frames=config.train_frames), replace(world, num_frames=config.long_clip_frames)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.num_steps, eta_min=config.min_lr)
     losses = []
     for step in range(config.num_steps):
+        is_long = step >= config.num_steps - config.long_clip_steps
+        batch = config.long_clip_batch_size if is_long else config.batch_size
         start = first_seed + step * config.batch_size
-        pixels, _ = clip_batch(range(start, start + config.batch_size), world)
+        pixels, _ = clip_batch(range(start, start + batch), long if is_long else short)
         loss = vae_loss(vae, pixels, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,6 +129,19 @@ def train_vae(
             callback(step, losses[-1])
     vae.eval()
     return losses
+
+
+# diffusers clamps the posterior's log-variance to [-30, 20]: -30 makes its std ~3e-7, a point mass.
+MIN_LOGVAR = -30.0
+
+
+@torch.no_grad()
+def make_deterministic(vae: AutoencoderKLWan) -> None:
+    """Sets the posterior's log-variance to its minimum for every input, so ``latent_dist.sample()`` equals the
+    mean the decoder was trained on (the log-variance half of ``quant_conv``'s output: weights 0, bias -30)."""
+    z_dim = vae.config.z_dim
+    vae.quant_conv.weight[z_dim:] = 0
+    vae.quant_conv.bias[z_dim:] = MIN_LOGVAR
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ def load_pipeline(
     """Loads a model by preset name, local folder, ``s3://`` folder or diffusers hub id.
 
     * a tiny preset (``tiny-wan``, ``tiny-hunyuan``) is built in memory, with a fresh detail expert;
+    * ``demo`` is the DCM folder shipped inside the package (trained by jobs/train_demo.py);
     * a DCM folder gives the dual-expert student;
     * a plain diffusers folder or hub id (a teacher, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) gives a plain model
       whose DCM config comes from the matching preset (for distillation) and which samples with the teacher schedule.
@@ -66,7 +67,8 @@ def load_pipeline(
             dcm.to(dtype=dtype)
     else:
         if source in PRESETS:
-            source = PRESETS[source].hub_id
+            preset = PRESETS[source]
+            source = str(preset.folder) if preset.folder is not None else preset.hub_id
         local = _localise(source, endpoint_url)
         dcm = _load_folder(local, dtype=dtype)  # diffusers keeps its fp32-sensitive modules in fp32
     if device is not None:
