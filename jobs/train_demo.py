@@ -42,6 +42,7 @@ from dcm.demo.training import (
     build_teacher,
     build_vae,
     clip_batch,
+    finetune_vae,
     make_deterministic,
     reconstruction_report,
     set_latent_stats,
@@ -72,7 +73,7 @@ TEACHER_STEPS, TEACHER_GUIDANCE, DEMO_FPS = 50, 5.0, 8
 SCALES = {
     "demo": (DemoVAEConfig(), DemoTeacherConfig()),
     "test": (
-        DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1, 1)),
+        DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1)),
         DemoTeacherConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16, batch_size=4),
     ),
 }
@@ -120,6 +121,8 @@ def stage_vae(work: str, steps: int, world: WorldConfig, base: DemoVAEConfig) ->
     torch.manual_seed(0)
     vae = build_vae(config)
     train_vae(vae, config, world, first_seed=VAE_SEEDS, callback=log_progress("vae", steps))
+    finetune_vae(vae, config, world, first_seed=VAE_SEEDS,
+                 callback=log_progress("vae-full-length", config.finetune_steps))  # fmt: skip
     make_deterministic(vae)
     set_latent_stats(vae, world, first_seed=VAE_SEEDS)
     report = reconstruction_report(vae.eval(), world, range(CHECK_SEEDS, CHECK_SEEDS + CHECK_CLIPS))

@@ -12,6 +12,7 @@ from dcm.cluster.batch import BatchConfig, run_batch
 from dcm.io.storage import Store
 from dcm.io.video import decode_mp4, read_mp4
 from dcm.manifest import JobDefaults
+from dcm.presets import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -24,7 +24,7 @@ from dcm.shapes.evaluate import object_masks
 from dcm.shapes.world import WorldConfig, make_clip
 
 WORLD = WorldConfig(size=32, num_frames=9, pixels_per_frame=1.0)
-TINY_VAE = DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1, 1), num_steps=1)
+TINY_VAE = DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1), num_steps=1)
 TINY_TEACHER = DemoTeacherConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16)
 
 
