@@ -71,7 +71,7 @@ class DemoTeacherConfig:
     attention_head_dim: int = 32
     ffn_dim: int = 256
     patch_size: tuple[int, int, int] = (1, 4, 4)
-    num_steps: int = 4000
+    num_steps: int = 8000
     batch_size: int = 16
     lr: float = 5e-4
     min_lr: float = 5e-5  # end of the cosine decay
