@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", choices=sorted(SCALES), default="demo", help="model sizes")
     p.add_argument("--size", type=int, default=WorldConfig().size, help="clip height and width")
     p.add_argument("--frames", type=int, default=WorldConfig().num_frames, help="frames per clip (1 + 4k)")
-    p.add_argument("--vae-steps", type=int, default=DemoVAEConfig().num_steps)
+    p.add_argument("--vae-steps", type=int, default=DemoVAEConfig().num_steps, help="VAE steps on short clips")
+    p.add_argument("--vae-finetune-steps", type=int, default=DemoVAEConfig().finetune_steps,
+                   help="VAE fine-tune steps on full-length clips")  # fmt: skip
     p.add_argument("--data-clips", type=int, default=2048, help="clips the teacher and the distillation train on")
     p.add_argument("--teacher-steps", type=int, default=DemoTeacherConfig().num_steps)
     p.add_argument("--semantic-steps", type=int, default=300, help="DCM stage I steps")
@@ -116,8 +118,8 @@ def demo_model_config(world: WorldConfig, *, steps: int, guidance_scale: float) 
     )  # fmt: skip
 
 
-def stage_vae(work: str, steps: int, world: WorldConfig, base: DemoVAEConfig) -> None:
-    config = replace(base, num_steps=steps)
+def stage_vae(work: str, steps: int, finetune_steps: int, world: WorldConfig, base: DemoVAEConfig) -> None:
+    config = replace(base, num_steps=steps, finetune_steps=finetune_steps)
     torch.manual_seed(0)
     vae = build_vae(config)
     train_vae(vae, config, world, first_seed=VAE_SEEDS, callback=log_progress("vae", steps))
@@ -263,7 +265,7 @@ def run_stages(args, stages, world: WorldConfig, vae_config: DemoVAEConfig, teac
             continue
         start = time.perf_counter()
         if stage == "vae":
-            stage_vae(args.work_dir, args.vae_steps, world, vae_config)
+            stage_vae(args.work_dir, args.vae_steps, args.vae_finetune_steps, world, vae_config)
         elif stage == "data":
             stage_data(args.work_dir, args.data_clips, world)
         elif stage == "teacher":

@@ -84,7 +84,7 @@ def test_stages_write_a_teacher_the_platform_loads(tmp_path):
 
     work = str(tmp_path / "demo")
     common = ["--work-dir", work, "--scale", "test", "--size", "32", "--frames", "9"]
-    for stage, extra in (("vae", ["--vae-steps", "2"]), ("data", ["--data-clips", "8"]),
+    for stage, extra in (("vae", ["--vae-steps", "2", "--vae-finetune-steps", "1"]), ("data", ["--data-clips", "8"]),
                          ("teacher", ["--teacher-steps", "2"])):  # fmt: skip
         assert main([*common, "--stage", stage, *extra]) == 0
     assert set(json.loads((tmp_path / "demo" / "vae" / "shapesbench.json").read_text())) >= {"colour_acc"}
@@ -106,7 +106,7 @@ def test_single_expert_baseline_trains_through_the_distillation_job(tmp_path, ra
 
     work = str(tmp_path / "demo")
     common = ["--work-dir", work, "--scale", "test", "--size", "32", "--frames", "9"]
-    for stage, extra in (("vae", ["--vae-steps", "1"]), ("data", ["--data-clips", "8"]),
+    for stage, extra in (("vae", ["--vae-steps", "1", "--vae-finetune-steps", "1"]), ("data", ["--data-clips", "8"]),
                          ("teacher", ["--teacher-steps", "1"])):  # fmt: skip
         assert main([*common, "--stage", stage, *extra]) == 0
     run_recipe(work, "demo-pcm", f"{work}/baselines/pcm", 1, 1)
