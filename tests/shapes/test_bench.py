@@ -3,7 +3,16 @@
 import numpy as np
 
 from bench.shapesbench import frame_strip
-from dcm.shapes.bench import BENCH_SEEDS, Row, bench_prompts, chart, generate_row, markdown_table, score_row
+from dcm.shapes.bench import (
+    BENCH_SEEDS,
+    Row,
+    bench_prompts,
+    chart,
+    generate_row,
+    markdown_table,
+    score_row,
+    vae_ceiling,
+)
 from dcm.shapes.world import WorldConfig, make_clip
 
 WORLD = WorldConfig()
@@ -46,3 +55,9 @@ def test_generate_row_runs_a_real_pipeline_through_mp4(tiny_wan):
     assert videos.shape == (3, 17, 64, 64, 3) and videos.dtype == np.uint8 and seconds > 0
     again, _ = generate_row(tiny_wan, row, prompts[:1])
     assert np.array_equal(again[0], videos[0])  # a video depends on its prompt and seed only
+
+
+def test_a_random_vae_has_a_low_ceiling(tiny_wan):
+    # The ceiling is measured, not assumed: an untrained VAE does not give back the ground-truth clips' colours.
+    ceiling = vae_ceiling(tiny_wan, bench_prompts(4, WORLD), WORLD)
+    assert set(ceiling) >= {"colour_acc", "shape_acc", "direction_acc"} and ceiling["colour_acc"] < 50, ceiling

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from dcm.config import GenerationConfig
 from dcm.io.video import decode_mp4, encode_mp4
@@ -78,6 +79,18 @@ def generate_row(dcm: DCMPipeline, row: Row, prompts: Sequence[BenchPrompt]) -> 
     videos = np.concatenate([_run(dcm, config, batch) for batch in batches])
     seconds = (time.perf_counter() - start) / len(prompts)
     return through_mp4(videos, config.fps), seconds
+
+
+def vae_ceiling(dcm: DCMPipeline, prompts: Sequence[BenchPrompt], world: WorldConfig) -> dict[str, float]:
+    """ShapesBench of the ground-truth clips of these prompts after a round trip through the model's VAE and an MP4:
+    the most any row of a model with this VAE can score (a generator can only draw what the decoder can)."""
+    decoded = []
+    for i in range(0, len(prompts), GENERATE_BATCH):
+        clips = np.stack([make_clip(p.seed, world).frames for p in prompts[i : i + GENERATE_BATCH]])  # (B, F, H, W, 3)
+        video = torch.from_numpy(clips).to(dcm.device, dcm.dtype) / 255
+        decoded.append(dcm.decode(dcm.family.encode_video(dcm.pipe, video)))
+    videos = through_mp4(np.concatenate(decoded), dcm.config.default_generation.fps)
+    return summarise([score_video(v, p.attributes) for v, p in zip(videos, prompts)])
 
 
 def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt]) -> np.ndarray:
