@@ -28,7 +28,7 @@ class DemoVAEConfig:
 
     The real Wan VAE compresses 8x in space; a CPU-sized one trained for minutes did not (measured: 8x with
     ``dim_mult (1, 2, 2, 2)``, 1500 steps, rendered every shape as a blob and drifted colours). At 4x an object of
-    11-19 pixels spans 3-5 latent cells; the teacher's patch size (1, 4, 4) keeps the token count of 8x + (1, 2, 2).
+    11-19 pixels spans 3-5 latent cells.
     """
 
     base_dim: int = 16
@@ -64,14 +64,20 @@ class DemoVAEConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DemoTeacherConfig:
-    """A small Wan transformer teacher, trained on a fixed set of pre-encoded clips."""
+    """A small Wan transformer teacher, trained on a fixed set of pre-encoded clips.
+
+    Patch (1, 2, 2) as in Wan2.1: each token carries 64 latent values for a width of 128. Measured with patch
+    (1, 4, 4) (256 values per token, 80 tokens, 0.15 s/step here): 8000 steps ended at a flow-matching loss of ~0.75
+    and its 50-step samples scored 50 % colour / 38 % direction on 8 ShapesBench prompts (blotches, stray objects);
+    with (1, 2, 2) (320 tokens, 0.46 s/step) the loss was below 0.5 after 500 steps.
+    """
 
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 32
     ffn_dim: int = 256
-    patch_size: tuple[int, int, int] = (1, 4, 4)
-    num_steps: int = 8000
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_steps: int = 3000
     batch_size: int = 16
     lr: float = 5e-4
     min_lr: float = 5e-5  # end of the cosine decay
