@@ -49,6 +49,7 @@ from dcm.demo.training import (
     train_teacher,
     train_vae,
 )
+from dcm.distill.recipes import DEMO_STEPS
 from dcm.io.model_folder import CONFIG_NAME
 from dcm.models.wan import WanFamily
 from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_EXPORT_FOLDER, DEMO_FOLDER, DEMO_SHIFT
@@ -91,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="VAE fine-tune steps on full-length clips")  # fmt: skip
     p.add_argument("--data-clips", type=int, default=2048, help="clips the teacher and the distillation train on")
     p.add_argument("--teacher-steps", type=int, default=DemoTeacherConfig().num_steps)
-    p.add_argument("--semantic-steps", type=int, default=300, help="DCM stage I steps")
-    p.add_argument("--detail-steps", type=int, default=300, help="DCM stage II steps")
+    p.add_argument("--semantic-steps", type=int, default=DEMO_STEPS, help="DCM stage I steps")
+    p.add_argument("--detail-steps", type=int, default=DEMO_STEPS, help="DCM stage II steps")
     return p.parse_args(argv)
 
 
