@@ -25,7 +25,7 @@ GOOD = [
 BAD = [
     {"id": "empty", "prompt": ""},
     {"id": "frames", "prompt": "p", "num_frames": 10},
-    {"id": "size", "prompt": "p", "height": 40},
+    {"id": "size", "prompt": "p", "height": 36},
     {"id": "seed", "prompt": "p", "seed": -3},
     {"id": "steps", "prompt": "p", "num_inference_steps": 50},
 ]
@@ -53,7 +53,7 @@ def test_local_run_bad_rows_escaping_ids_and_rerun(ray_cluster, tmp_path):
     errors = results.loc[[r["id"] for r in BAD], "error"].to_dict()
     assert "prompt must be a non-empty string" in errors["empty"]
     assert "num_frames must be 4*n + 1" in errors["frames"] and "got 10" in errors["frames"]
-    assert "height must be a multiple of 16, got 40" in errors["size"]
+    assert "height must be a multiple of 8, got 36" in errors["size"]
     assert "seed must be an integer" in errors["seed"] and "-3" in errors["seed"]
     assert "num_inference_steps must be <= 8, got 50" in errors["steps"]
 
