@@ -15,6 +15,7 @@ from dcm.demo.training import (
     build_vae,
     clip_batch,
     flow_matching_loss,
+    object_crops,
     object_weights,
     train_teacher,
     vae_loss,
@@ -63,6 +64,25 @@ def test_object_weights_mark_the_object_pixels():
     truth = make_clip(7, WORLD).frames  # the rendered object is exactly where the weights are high
     on_object = torch.from_numpy(object_masks(truth))
     assert torch.equal(weights[0, 0] > 1, on_object)
+    # With a margin the weighted region is the object grown by that many pixels in every direction.
+    ringed = object_weights(pixels, weight=20.0, threshold=0.3, margin=2)[0, 0] > 1
+    grown = torch.nn.functional.max_pool2d(on_object.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
+    assert torch.equal(ringed, grown) and ringed.sum() > on_object.sum()
+
+
+def test_object_crops_hold_the_object():
+    world = WorldConfig(size=64, num_frames=5)
+    pixels, _ = clip_batch(range(12), world)
+    crops = object_crops(pixels, 32, threshold=0.3, generator=torch.Generator().manual_seed(0))
+    assert crops.shape == (12, 3, 5, 32, 32)
+    for seed, crop in zip(range(12), crops):
+        clip = make_clip(seed, world)
+        full = int(object_masks(clip.frames).sum())
+        # Most of the object's pixels over the clip are inside the window (it is at most a quarter window off).
+        kept = int(object_masks(((crop.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()).sum())
+        assert kept >= 0.6 * full, (seed, kept, full)
+    with pytest.raises(ValueError, match="crop_size 80"):
+        object_crops(pixels, 80, threshold=0.3, generator=torch.Generator())
 
 
 def test_teacher_training_replaces_dropped_captions_with_the_empty_prompt():

@@ -33,15 +33,18 @@ def test_rows_score_ground_truth_perfectly_and_noise_badly(tmp_path):
     prompts = bench_prompts(6, WORLD)
     truth = np.stack([make_clip(p.seed, WORLD).frames for p in prompts])
     noise = np.random.default_rng(0).integers(0, 256, truth.shape, dtype=np.uint8)
-    reference = score_row(Row(name="ground truth", model="-", steps=50, guidance_scale=5.0), truth, 2.0, prompts, None)
-    noisy = score_row(Row(name="noise", model="-", steps=4), noise, 0.1, prompts, truth)
+    slow = {"seconds_per_video": 2.0, "sampling_seconds_per_video": 1.8}
+    fast = {"seconds_per_video": 0.1, "sampling_seconds_per_video": 0.05}
+    teacher = Row(name="ground truth", model="-", steps=50, guidance_scale=5.0)
+    reference = score_row(teacher, truth, slow, prompts, None)
+    noisy = score_row(Row(name="noise", model="-", steps=4), noise, fast, prompts, truth)
     assert reference.metrics["colour_acc"] == 100 and reference.metrics["direction_acc"] == 100
     assert noisy.metrics["colour_acc"] < 50 and noisy.metrics["distance_to_reference"] > 0.2
     table = markdown_table([reference, noisy])
     lines = table.strip().splitlines()
     assert lines[0].startswith("| row | steps | NFE | colour %") and len(lines) == 4
     assert lines[2].startswith("| ground truth | 50 | 100 | 100.0 |")  # CFG: 2 NFE per step
-    assert lines[3].startswith("| noise | 4 | 4 |") and lines[3].rstrip().endswith("| 20.0x |")
+    assert lines[3].startswith("| noise | 4 | 4 |") and lines[3].rstrip().endswith("| 20.0x | 0.050 | 36.0x |")
     chart([reference, noisy], str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     strip = frame_strip([truth[0], truth[1]], every=4)
@@ -52,7 +55,8 @@ def test_generate_row_runs_a_real_pipeline_through_mp4(tiny_wan):
     prompts = bench_prompts(3, WORLD)
     row = Row(name="DCM-4", model="tiny-wan", steps=4)
     videos, seconds = generate_row(tiny_wan, row, prompts)
-    assert videos.shape == (3, 17, 64, 64, 3) and videos.dtype == np.uint8 and seconds > 0
+    assert videos.shape == (3, 17, 64, 64, 3) and videos.dtype == np.uint8
+    assert 0 < seconds["sampling_seconds_per_video"] < seconds["seconds_per_video"]
     again, _ = generate_row(tiny_wan, row, prompts[:1])
     assert np.array_equal(again[0], videos[0])  # a video depends on its prompt and seed only
 

@@ -54,7 +54,7 @@ class Row:
 @dataclass(frozen=True, kw_only=True)
 class RowResult:
     row: Row
-    metrics: dict[str, float]  # summarise() + distance_to_reference + seconds_per_video
+    metrics: dict[str, float]  # summarise() + distance_to_reference + (sampling_)seconds_per_video
     videos: np.ndarray = None  # (N, F, H, W, 3) uint8 after the MP4 round trip
 
 
@@ -69,16 +69,24 @@ def through_mp4(videos: np.ndarray, fps: int) -> np.ndarray:
     return np.stack([decode_mp4(encode_mp4(v, fps=fps)).frames for v in videos])
 
 
-def generate_row(dcm: DCMPipeline, row: Row, prompts: Sequence[BenchPrompt]) -> tuple[np.ndarray, float]:
-    """A row's videos (N, F, H, W, 3) uint8 after an MP4 round trip, and the wall seconds per video of generating
-    them (the first batch runs once before the clock starts: warm-up)."""
+def generate_row(dcm: DCMPipeline, row: Row, prompts: Sequence[BenchPrompt]) -> tuple[np.ndarray, dict[str, float]]:
+    """A row's videos (N, F, H, W, 3) uint8 after an MP4 round trip, and its wall seconds per video:
+    ``seconds_per_video`` (prompt encoding + sampling + VAE decoding) and ``sampling_seconds_per_video`` (without the
+    decoding, which costs the same in every row). The first batch runs once before the clock starts: warm-up."""
     config = dcm.with_defaults(num_inference_steps=row.steps, guidance_scale=row.guidance_scale, sigmas=None)
     batches = [prompts[i : i + GENERATE_BATCH] for i in range(0, len(prompts), GENERATE_BATCH)]
-    _run(dcm, config, batches[0])
-    start = time.perf_counter()
-    videos = np.concatenate([_run(dcm, config, batch) for batch in batches])
-    seconds = (time.perf_counter() - start) / len(prompts)
-    return through_mp4(videos, config.fps), seconds
+    dcm.decode(_run(dcm, config, batches[0]))
+    sampling = decoding = 0.0
+    videos = []
+    for batch in batches:
+        start = time.perf_counter()
+        latents = _run(dcm, config, batch)
+        middle = time.perf_counter()
+        videos.append(dcm.decode(latents))
+        sampling, decoding = sampling + middle - start, decoding + time.perf_counter() - middle
+    n = len(prompts)
+    seconds = {"seconds_per_video": (sampling + decoding) / n, "sampling_seconds_per_video": sampling / n}
+    return through_mp4(np.concatenate(videos), config.fps), seconds
 
 
 def vae_ceiling(dcm: DCMPipeline, prompts: Sequence[BenchPrompt], world: WorldConfig) -> dict[str, float]:
@@ -93,20 +101,23 @@ def vae_ceiling(dcm: DCMPipeline, prompts: Sequence[BenchPrompt], world: WorldCo
     return summarise([score_video(v, p.attributes) for v, p in zip(videos, prompts)])
 
 
-def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt]) -> np.ndarray:
-    return dcm.generate([p.caption for p in batch], seeds=[p.seed for p in batch], config=config)
+def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt]) -> torch.Tensor:
+    """Latents (B, C, F', H', W') of a batch: prompt encoding and sampling."""
+    prompts, seeds = [p.caption for p in batch], [p.seed for p in batch]
+    return dcm.generate(prompts, seeds=seeds, config=config, output_type="latent")
 
 
 def score_row(
-    row: Row, videos: np.ndarray, seconds_per_video: float, prompts: Sequence[BenchPrompt],
+    row: Row, videos: np.ndarray, seconds: dict[str, float], prompts: Sequence[BenchPrompt],
     reference: np.ndarray | None,
 ) -> RowResult:  # fmt: skip
-    """Scores decoded videos against their prompts and (if given) the reference row's videos."""
+    """Scores decoded videos against their prompts and (if given) the reference row's videos; ``seconds`` are
+    :func:`generate_row`'s timings."""
     scores = [score_video(v, p.attributes) for v, p in zip(videos, prompts)]
     metrics = summarise(scores)
     if reference is not None:
         metrics["distance_to_reference"] = float(np.mean([pixel_distance(v, r) for v, r in zip(videos, reference)]))
-    metrics["seconds_per_video"] = seconds_per_video
+    metrics.update(seconds)
     return RowResult(row=row, metrics=metrics, videos=videos)
 
 
@@ -121,16 +132,22 @@ COLUMNS = (
     ("dist. to teacher-50", "distance_to_reference"),
     ("s / video", "seconds_per_video"),
     ("speed-up", "speedup"),
+    ("sampling s / video", "sampling_seconds_per_video"),
+    ("sampling speed-up", "sampling_speedup"),
 )
 
 
 def table_rows(results: Sequence[RowResult]) -> list[dict[str, float | str]]:
-    """One dict per row with every column; speed-up is relative to the first (reference) row."""
-    reference_time = results[0].metrics["seconds_per_video"]
+    """One dict per row with every column; speed-ups are relative to the first (reference) row, end to end and for
+    sampling alone (prompt encoding + denoising, without the VAE decoding every row shares)."""
+    reference = results[0].metrics
+    sampling = "sampling_seconds_per_video"
     rows = []
     for r in results:
         values = {"name": r.row.name, "steps": r.row.steps, "nfe": r.row.nfe, **r.metrics}
-        values["speedup"] = reference_time / r.metrics["seconds_per_video"]
+        values["speedup"] = reference["seconds_per_video"] / r.metrics["seconds_per_video"]
+        if sampling in r.metrics:
+            values["sampling_speedup"] = reference[sampling] / r.metrics[sampling]
         rows.append(values)
     return rows
 
@@ -150,15 +167,17 @@ def _format(key: str, value) -> str:
         return "—"
     if key in ("steps", "nfe"):
         return str(int(value))
-    if key == "speedup":
+    if key in ("speedup", "sampling_speedup"):
         return f"{value:.1f}x"
-    if key in ("distance_to_reference", "seconds_per_video"):
-        return f"{value:.4f}" if key == "distance_to_reference" else f"{value:.3f}"
+    if key == "distance_to_reference":
+        return f"{value:.4f}"
+    if key in ("seconds_per_video", "sampling_seconds_per_video"):
+        return f"{value:.3f}"
     return f"{value:.1f}" if np.isfinite(value) else "inf"
 
 
 def chart(results: Sequence[RowResult], path: str) -> None:
-    """A PNG: accuracies per row (grouped bars) and wall time per video (log scale)."""
+    """A PNG: accuracies per row (grouped bars) and wall time per video, end to end and sampling alone (log)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,10 +196,14 @@ def chart(results: Sequence[RowResult], path: str) -> None:
     ax_acc.set_ylim(0, 105)
     ax_acc.set_title("ShapesBench (higher is better)")
     ax_acc.legend(loc="lower left", fontsize=8)
-    ax_time.bar(x, [r["seconds_per_video"] for r in rows], color="tab:gray")
+    ax_time.bar(x - 0.2, [r["seconds_per_video"] for r in rows], 0.4, color="tab:gray", label="end to end")
+    if all("sampling_seconds_per_video" in r for r in rows):
+        ax_time.bar(x + 0.2, [r["sampling_seconds_per_video"] for r in rows], 0.4, color="tab:olive",
+                    label="sampling (no VAE decode)")  # fmt: skip
     ax_time.set_yscale("log")
     ax_time.set_ylabel("seconds per video (log)")
     ax_time.set_title("wall time per video")
+    ax_time.legend(loc="upper right", fontsize=8)
     for ax in (ax_acc, ax_time):
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
