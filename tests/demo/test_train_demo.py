@@ -15,6 +15,7 @@ from dcm.demo.training import (
     build_vae,
     clip_batch,
     flow_matching_loss,
+    latent_object_weights,
     object_crops,
     object_weights,
     train_teacher,
@@ -68,6 +69,22 @@ def test_object_weights_mark_the_object_pixels():
     ringed = object_weights(pixels, weight=20.0, threshold=0.3, margin=2)[0, 0] > 1
     grown = torch.nn.functional.max_pool2d(on_object.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
     assert torch.equal(ringed, grown) and ringed.sum() > on_object.sum()
+
+
+def test_latent_object_weights_mark_cells_far_from_the_background():
+    x0 = torch.zeros(2, 4, 3, 8, 8)
+    x0[0, :, :, 2:4, 5:7] = 3.0  # a 2x2 object in clip 0, norm 6 over 4 channels; clip 1 is all background
+    weights = latent_object_weights(x0, weight=4.0, threshold=4.0)
+    assert weights.shape == (2, 1, 3, 8, 8)
+    assert torch.equal(weights[0, 0, :, 2:4, 5:7], torch.full((3, 2, 2), 5.0)) and weights[0].sum() == 3 * (60 + 20)
+    assert torch.equal(weights[1], torch.ones(1, 3, 8, 8))
+    # The object cells count more: the same prediction errors give another loss.
+    teacher = build_teacher(TINY_TEACHER, latent_channels=4, text_dim=8)
+    text = torch.randn(2, 5, 8)
+    plain = flow_matching_loss(teacher, x0, text, shift=5.0, generator=torch.Generator().manual_seed(0))
+    weighted = flow_matching_loss(teacher, x0, text, shift=5.0, generator=torch.Generator().manual_seed(0),
+                                  object_weight=4.0)  # fmt: skip
+    assert torch.isfinite(weighted) and not torch.isclose(plain, weighted)
 
 
 def test_object_crops_hold_the_object():

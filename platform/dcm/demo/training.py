@@ -79,7 +79,7 @@ class DemoTeacherConfig:
     Patch (1, 2, 2) as in Wan2.1: each token carries 64 latent values for a width of 128. Measured with patch
     (1, 4, 4) (256 values per token, 80 tokens, 0.15 s/step here): 8000 steps ended at a flow-matching loss of ~0.75
     and its 50-step samples scored 50 % colour / 38 % direction on 8 ShapesBench prompts (blotches, stray objects);
-    with (1, 2, 2) (320 tokens, 0.46 s/step) the loss was below 0.5 after 500 steps.
+    with (1, 2, 2) (320 tokens, 0.24 s/step alone on 2 cores) the loss was below 0.5 after 500 steps.
     """
 
     num_layers: int = 4
@@ -87,12 +87,18 @@ class DemoTeacherConfig:
     attention_head_dim: int = 32
     ffn_dim: int = 256
     patch_size: tuple[int, int, int] = (1, 2, 2)
-    num_steps: int = 4000
+    num_steps: int = 6000
     batch_size: int = 16
     lr: float = 5e-4
     min_lr: float = 5e-5  # end of the cosine decay
     caption_dropout: float = 0.1
     shift: float = 5.0
+    # The loss weighs latent cells that belong to the object `1 + object_weight` times (0 turns it off): the
+    # object covers ~10 % of the cells, and an unweighted loss spends the model on the background. A cell is
+    # object when its latent (normalised units) is further than `object_threshold` (L2 over channels) from the
+    # frame's median cell; 4 marks ~11 % of the cells of the demo data.
+    object_weight: float = 4.0
+    object_threshold: float = 4.0
 
 
 def clip_batch(seeds: range | list[int], world: WorldConfig) -> tuple[Tensor, list[str]]:
@@ -271,15 +277,29 @@ def build_teacher(config: DemoTeacherConfig, *, latent_channels: int, text_dim: 
     )  # fmt: skip
 
 
+def latent_object_weights(x0: Tensor, *, weight: float, threshold: float) -> Tensor:
+    """(B, C, F, H, W) latents -> (B, 1, F, H, W) weights ``1 + weight * is_object``; a cell is object when it is
+    further than ``threshold`` (L2 over channels) from its frame's median cell."""
+    background = x0.flatten(3).median(dim=-1).values[..., None, None]  # (B, C, F, 1, 1)
+    distance = (x0 - background).norm(dim=1, keepdim=True)
+    return 1 + weight * (distance > threshold).to(x0.dtype)
+
+
 def flow_matching_loss(
-    transformer: WanTransformer3DModel, x0: Tensor, text: Tensor, *, shift: float, generator: torch.Generator
-) -> Tensor:
-    """MSE between the predicted and the true velocity ``eps - x0`` at shifted-uniform sigmas. x0: (B, C, F, H, W)."""
+    transformer: WanTransformer3DModel, x0: Tensor, text: Tensor, *, shift: float, generator: torch.Generator,
+    object_weight: float = 0.0, object_threshold: float = 4.0,
+) -> Tensor:  # fmt: skip
+    """MSE between the predicted and the true velocity ``eps - x0`` at shifted-uniform sigmas. x0: (B, C, F, H, W).
+
+    With ``object_weight`` the squared errors are weighted by :func:`latent_object_weights` (a weighted mean)."""
     eps = torch.randn(x0.shape, generator=generator)
     sigma = shift_sigma(torch.rand(x0.shape[0], generator=generator), shift)
     v = transformer(hidden_states=noisy(x0, eps, sigma), timestep=sigma * 1000, encoder_hidden_states=text,
                     return_dict=False)[0]  # fmt: skip
-    return F.mse_loss(v, eps - x0)
+    if not object_weight:
+        return F.mse_loss(v, eps - x0)
+    weights = latent_object_weights(x0, weight=object_weight, threshold=object_threshold)
+    return ((v - (eps - x0)) ** 2 * weights).sum() / (weights.sum() * x0.shape[1])
 
 
 def train_teacher(
@@ -301,7 +321,9 @@ def train_teacher(
         rows = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
         drop = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
         cond = torch.where(drop[:, None, None], negative.expand(config.batch_size, -1, -1), text[rows])
-        loss = flow_matching_loss(transformer, latents[rows], cond, shift=config.shift, generator=generator)
+        weighting = {"object_weight": config.object_weight, "object_threshold": config.object_threshold}
+        x0 = latents[rows]
+        loss = flow_matching_loss(transformer, x0, cond, shift=config.shift, generator=generator, **weighting)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
