@@ -18,11 +18,11 @@ from dcm.shapes.world import WorldConfig
 # Package size budget of the issue: the model and its export together.
 MAX_PACKAGE_MB = 15
 NUM_PROMPTS = 12
-# A floor below what ShapesBench measures for this model's colours (README: ~60-70 %), so noise in 12 prompts does
-# not fail the test, while a broken model (random weights, wrong schedule, wrong text side) scores at or below the
-# 1-in-6 chance level. Shape and direction are not asserted: the bundled model does not get them right yet
-# (README, Known limitations; the ShapesBench table reports them).
-MIN_COLOUR_ACCURACY = 50.0
+# A floor below what ShapesBench measures for this model's motion directions (README: ~90 %), so noise in 12 prompts
+# does not fail the test, while a broken model (random weights, wrong schedule, wrong text side) scores near the
+# 1-in-4 chance level or finds no motion at all. Colour is not asserted: the distilled students lose much of the
+# teacher's colour accuracy (README, Known limitations; the ShapesBench table reports it).
+MIN_DIRECTION_ACCURACY = 75.0
 
 
 def folder_mb(path) -> float:
@@ -52,10 +52,10 @@ def scores(videos, prompts) -> dict[str, float]:
     return summarise([score_video(v, p.attributes) for v, p in zip(through_mp4(videos, 8), prompts)])
 
 
-def test_the_demo_model_draws_the_prompted_colour(demo, prompts):
+def test_the_demo_model_moves_objects_the_prompted_way(demo, prompts):
     videos = demo.generate([p.caption for p in prompts], seeds=[p.seed for p in prompts])
     result = scores(videos, prompts)
-    assert result["colour_acc"] >= MIN_COLOUR_ACCURACY, result
+    assert result["direction_acc"] >= MIN_DIRECTION_ACCURACY, result
 
 
 def test_the_export_runs_in_stock_diffusers(prompts):
@@ -69,11 +69,12 @@ def test_the_export_runs_in_stock_diffusers(prompts):
     videos = (np.asarray(out) * 255).round().astype(np.uint8)
     assert videos.shape == (8, 17, 64, 64, 3)
     result = scores(videos, chosen)
-    assert result["colour_acc"] >= MIN_COLOUR_ACCURACY, result
+    assert result["direction_acc"] >= MIN_DIRECTION_ACCURACY, result
 
 
-def test_the_demo_vae_gives_back_colour_and_motion(demo, prompts):
-    # The ceiling of every ShapesBench row (README): the ground-truth clips through the demo VAE keep their motion
-    # and mostly their colour (white drifts to yellow); shape suffers most: the small VAE rounds corners.
+def test_the_demo_vae_gives_back_colour_shape_and_motion(demo, prompts):
+    # The ceiling of every ShapesBench row (README): the ground-truth clips through the demo VAE keep their colour and
+    # motion and mostly their shape (measured 100 / 92 / 100 % on these prompts; the misses are triangles whose tip
+    # blurs, read as discs).
     ceiling = vae_ceiling(demo, prompts, WorldConfig())
-    assert ceiling["colour_acc"] >= 60 and ceiling["direction_acc"] >= 80, ceiling
+    assert ceiling["colour_acc"] >= 90 and ceiling["shape_acc"] >= 70 and ceiling["direction_acc"] >= 90, ceiling
