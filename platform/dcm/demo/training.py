@@ -114,7 +114,7 @@ def object_crops(pixels: Tensor, size: int, *, threshold: float, generator: torc
     _, _, _, height, width = pixels.shape
     if size > min(height, width):
         raise ValueError(f"crop_size {size} is larger than the {height}x{width} frames")
-    mask = object_weights(pixels, weight=1.0, threshold=threshold)[:, 0] > 1  # (B, F, H, W)
+    mask = object_mask(pixels, threshold=threshold)[:, 0]  # (B, F, H, W)
     crops = []
     for clip, clip_mask in zip(pixels, mask):
         ys, xs = torch.nonzero(clip_mask.any(0), as_tuple=True)
@@ -138,20 +138,22 @@ def build_vae(config: DemoVAEConfig) -> AutoencoderKLWan:
     )  # fmt: skip
 
 
-def object_weights(pixels: Tensor, *, weight: float, threshold: float, margin: int = 0) -> Tensor:
-    """Per-pixel loss weights ``1 + weight * near_object``: (B, 3, F, H, W) in [-1, 1] -> (B, 1, F, H, W).
-
-    The background of a frame is the median colour of its border pixels (as ShapesBench measures it); a pixel is
-    near the object when it lies within ``margin`` pixels (a square neighbourhood) of an object pixel.
-    """
+def object_mask(pixels: Tensor, *, threshold: float, margin: int = 0) -> Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> (B, 1, F, H, W) bool: pixels on or within ``margin`` pixels (a square
+    neighbourhood) of the object. The background of a frame is the median colour of its border pixels (as
+    ShapesBench measures it); an object pixel is further than ``threshold`` from it."""
     border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], dim=-1)
     background = border.median(dim=-1).values  # (B, 3, F)
-    distance = (pixels - background[..., None, None]).norm(dim=1, keepdim=True)
-    near = (distance > threshold).to(pixels.dtype)  # (B, 1, F, H, W)
+    near = (pixels - background[..., None, None]).norm(dim=1, keepdim=True) > threshold
     if margin:
-        near = F.max_pool3d(near, kernel_size=(1, 2 * margin + 1, 2 * margin + 1), stride=1,
-                            padding=(0, margin, margin))  # fmt: skip
-    return 1 + weight * near
+        near = F.max_pool3d(near.float(), kernel_size=(1, 2 * margin + 1, 2 * margin + 1), stride=1,
+                            padding=(0, margin, margin)) > 0  # fmt: skip
+    return near
+
+
+def object_weights(pixels: Tensor, *, weight: float, threshold: float, margin: int = 0) -> Tensor:
+    """Per-pixel loss weights ``1 + weight * near_object`` (see :func:`object_mask`): (B, 1, F, H, W)."""
+    return 1 + weight * object_mask(pixels, threshold=threshold, margin=margin).to(pixels.dtype)
 
 
 def vae_loss(vae: AutoencoderKLWan, pixels: Tensor, config: DemoVAEConfig, *, edge_weight: float = 0.0) -> Tensor:
@@ -287,7 +289,7 @@ def latent_object_weights(x0: Tensor, *, weight: float, threshold: float) -> Ten
 
 def flow_matching_loss(
     transformer: WanTransformer3DModel, x0: Tensor, text: Tensor, *, shift: float, generator: torch.Generator,
-    object_weight: float = 0.0, object_threshold: float = 4.0,
+    object_weight: float = 0.0, object_threshold: float = DemoTeacherConfig.object_threshold,
 ) -> Tensor:  # fmt: skip
     """MSE between the predicted and the true velocity ``eps - x0`` at shifted-uniform sigmas. x0: (B, C, F, H, W).
 
@@ -321,9 +323,10 @@ def train_teacher(
         rows = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
         drop = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
         cond = torch.where(drop[:, None, None], negative.expand(config.batch_size, -1, -1), text[rows])
-        weighting = {"object_weight": config.object_weight, "object_threshold": config.object_threshold}
-        x0 = latents[rows]
-        loss = flow_matching_loss(transformer, x0, cond, shift=config.shift, generator=generator, **weighting)
+        loss = flow_matching_loss(
+            transformer, latents[rows], cond, shift=config.shift, generator=generator,
+            object_weight=config.object_weight, object_threshold=config.object_threshold,
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
