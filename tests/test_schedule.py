@@ -133,6 +133,22 @@ def test_dcm_schedule_hits_semantic_phase_end(steps, k):
         assert n_semantic == steps // 2
 
 
+@pytest.mark.parametrize("steps", [4, 8])
+def test_dcm_schedule_lands_on_detail_phase_ends(steps):
+    """The demo grid (k = 25, shift 5) with two detail phases (edges 0, 12): every detail step starting in the upper
+    phase lands on its end sigma_prev[12] = sigma[11], never on sigma[12], which belongs to the upper phase."""
+    grid = build_grid(ScheduleConfig(boundary_index=25, shift=5.0, num_detail_phases=2))
+    sigmas = dcm_sigmas(steps, grid)
+    detail = [s for s in sigmas if bool(is_detail(torch.tensor([s]), grid))]
+    assert detail[0] == grid.boundary_sigma
+    assert float(grid.sigma_prev[12]) in detail and float(grid.sigma[12]) not in detail
+    expected = {4: [24, 11], 8: [24, 18, 11, 6]}[steps]
+    assert detail == [float(grid.sigma[i]) for i in expected]
+    # One detail phase: no inner edge, the even spacing stays (24, 12).
+    one_phase = build_grid(ScheduleConfig(boundary_index=25, shift=5.0))
+    assert dcm_sigmas(4, one_phase)[2:] == [float(one_phase.sigma[24]), float(one_phase.sigma[12])]
+
+
 def test_dcm_schedule_rejects_bad_step_counts(hy_grid):
     for steps in (0, MAX_DCM_STEPS + 1):
         with pytest.raises(ValueError, match="num_inference_steps"):

@@ -122,8 +122,11 @@ def dcm_sigmas(num_steps: int, grid: SigmaGrid) -> list[float]:
     """An ``num_steps``-step DCM schedule on the grid that lands exactly on the semantic phase end.
 
     ``num_steps // 2`` semantic steps go from ``sigma = 1`` down to ``sigma[k-1]`` on evenly spaced grid points,
-    then the detail expert walks from ``sigma[k-1]`` to 0 (the sampler appends 0). With one step the single
-    semantic step goes straight to 0. For HunyuanVideo's grid (k = 38) and 4 steps this reproduces the released
+    then the detail expert walks from ``sigma[k-1]`` to 0 (the sampler appends 0) on evenly spaced grid points, except
+    that a point on a detail phase edge ``e`` moves to that phase's end ``sigma_prev[e] = sigma[e-1]``: the detail
+    expert maps every level of a phase to the phase end, so a step must land there, not one grid point above it in
+    the next phase (with one detail phase there is no such edge). With one step the single semantic step goes
+    straight to 0. For HunyuanVideo's grid (k = 38) and 4 steps this reproduces the released
     list ``[1, .992, .9818, .9124]`` (spec §5.2, §8 item 17). A single-expert grid (k = 0) gets the PCM
     schedule: the top of the grid, then the ends of ``num_steps`` equal phases (:func:`phase_edges`).
 
@@ -142,6 +145,8 @@ def dcm_sigmas(num_steps: int, grid: SigmaGrid) -> list[float]:
     num_detail = num_steps - num_semantic
     semantic = [round(top - j * (top - (k - 1)) / num_semantic) for j in range(num_semantic)]
     detail = [math.floor((k - 1) * (1 - j / num_detail)) for j in range(num_detail)]
+    inner_edges = set(phase_edges(0, k, grid.config.num_detail_phases).tolist()) - {0}
+    detail = detail[:1] + [i - 1 if i in inner_edges else i for i in detail[1:]]  # detail[0] = k - 1: where SemE lands
     indices = semantic + detail
     if any(a <= b for a, b in zip(indices, indices[1:])):
         raise ValueError(

@@ -11,6 +11,7 @@ from dcm.schedule import MAX_DCM_STEPS
 SEMANTIC_STAGE, DETAIL_STAGE = "semantic", "detail"
 STAGES = (SEMANTIC_STAGE, DETAIL_STAGE)
 STRATEGIES = ("ddp", "fsdp")
+DISC_BETAS = (0.0, 0.999)  # the discriminator's AdamW betas (spec §4.7)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +56,7 @@ class DetailStageConfig:
 
     num_steps: int
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-6))
-    disc_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, betas=(0.0, 0.999)))
+    disc_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, betas=DISC_BETAS))
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     feature_stride: int = 2
     adv_weight: float = 0.1
