@@ -36,6 +36,7 @@ from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.config import DCMModelConfig, GenerationConfig, ScheduleConfig, to_dict
 from dcm.data import DatasetWriter, LatentDataset
 from dcm.demo import text as demo_text
+from dcm.demo.geometry import colour_separation
 from dcm.demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
@@ -64,6 +65,8 @@ STAGE_FOLDERS = {"distill": "dcm"}
 VAE_SEEDS, DATA_SEEDS = 0, 1_000_000
 # Held-out clips whose reconstructions check the VAE (ShapesBench prompts use their own seeds, dcm.shapes.bench).
 CHECK_SEEDS, CHECK_CLIPS = 5_000_000, 32
+# Clips (each encoded in every palette colour) for the VAE's colour separation in latent space (dcm.demo.geometry).
+SEPARATION_CLIPS = 8
 ENCODE_BATCH = 32
 LOG_EVERY = 50
 # Width of the demo's UMT5 text encoder (2 layers).
@@ -130,6 +133,11 @@ def stage_vae(work: str, steps: int, finetune_steps: int, world: WorldConfig, ba
     set_latent_stats(vae, world, first_seed=VAE_SEEDS)
     report = reconstruction_report(vae.eval(), world, range(CHECK_SEEDS, CHECK_SEEDS + CHECK_CLIPS))
     logger.info("[vae] ShapesBench of %d held-out reconstructions: %s", CHECK_CLIPS, report)
+    separation = colour_separation(vae, world, range(CHECK_SEEDS, CHECK_SEEDS + SEPARATION_CLIPS))
+    closest = min(separation, key=separation.get)
+    logger.info("[vae] closest colours in latent space: %s at %.2f of a new layout's distance", closest,
+                separation[closest])  # fmt: skip
+    report["colour_separation"] = separation
     folder = os.path.join(work, "vae")
     vae.save_pretrained(folder)
     with open(os.path.join(folder, "shapesbench.json"), "w") as f:

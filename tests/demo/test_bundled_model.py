@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
+from dcm.demo.geometry import colour_separation
 from dcm.demo.text import MAX_SEQUENCE_LENGTH
 from dcm.io.model_folder import load_pipeline
 from dcm.presets import DEFAULT_MODEL, DEMO_EXPORT_FOLDER, DEMO_FOLDER
@@ -79,3 +80,13 @@ def test_the_demo_vae_gives_back_colour_shape_and_motion(demo, prompts):
     # blurs, read as discs).
     ceiling = vae_ceiling(demo, prompts, WorldConfig())
     assert ceiling["colour_acc"] >= 90 and ceiling["shape_acc"] >= 70 and ceiling["direction_acc"] >= 90, ceiling
+
+
+def test_the_demo_vae_puts_blue_next_to_purple_and_red_next_to_green(demo):
+    # Why the demo teacher mixes up these colours (README, Known limitations): its VAE encodes a clip in blue and the
+    # same clip in purple (or red / green) nearly alike, at about a seventh of the distance to another layout of the
+    # caption, while colours of different brightness (red / yellow) lie about as far apart as a new layout (measured
+    # 0.12, 0.17 and 0.87 on 16 clips). A VAE retrained to separate colours should change this test's numbers.
+    separation = colour_separation(demo.pipe.vae, WorldConfig(), range(5_000_000, 5_000_008))
+    assert len(separation) == 15 and all(0 < r < 2 for r in separation.values()), separation
+    assert max(separation["blue~purple"], separation["red~green"]) < 0.5 * separation["red~yellow"], separation

@@ -124,7 +124,8 @@ def test_stages_write_a_teacher_the_platform_loads(tmp_path):
     for stage, extra in (("vae", ["--vae-steps", "2", "--vae-finetune-steps", "1"]), ("data", ["--data-clips", "8"]),
                          ("teacher", ["--teacher-steps", "2"])):  # fmt: skip
         assert main([*common, "--stage", stage, *extra]) == 0
-    assert set(json.loads((tmp_path / "demo" / "vae" / "shapesbench.json").read_text())) >= {"colour_acc"}
+    vae_report = json.loads((tmp_path / "demo" / "vae" / "shapesbench.json").read_text())
+    assert set(vae_report) >= {"colour_acc", "colour_separation"} and len(vae_report["colour_separation"]) == 15
     teacher = load_pipeline(f"{work}/teacher")
     assert not teacher.is_dual_expert and teacher.max_sequence_length == MAX_SEQUENCE_LENGTH
     assert teacher.with_defaults().num_inference_steps == 50 and teacher.with_defaults().guidance_scale == 5.0
