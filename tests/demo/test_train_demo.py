@@ -102,6 +102,22 @@ def test_object_crops_hold_the_object():
         object_crops(pixels, 80, threshold=0.3, generator=torch.Generator())
 
 
+def test_vae_loss_decodes_the_posterior_mean_plus_latent_noise():
+    torch.manual_seed(0)
+    vae = build_vae(TINY_VAE)
+    pixels, _ = clip_batch(range(2), WORLD)
+    decoded = []
+    handle = vae.post_quant_conv.register_forward_hook(lambda m, i, o: decoded.append(i[0].detach()))
+    with torch.no_grad():
+        mean = vae.encode(pixels).latent_dist.mode()
+        for noise in (0.0, 0.0, 0.5):
+            vae_loss(vae, pixels, replace(TINY_VAE, latent_noise=noise))
+    handle.remove()
+    torch.testing.assert_close(decoded[0], mean)
+    torch.testing.assert_close(decoded[1], mean)
+    assert 0.4 < (decoded[2] - mean).std().item() < 0.6
+
+
 def test_teacher_training_replaces_dropped_captions_with_the_empty_prompt():
     teacher = build_teacher(TINY_TEACHER, latent_channels=16, text_dim=8)
     latents, text = torch.randn(4, 16, 3, 4, 4), torch.randn(4, 5, 8)
