@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
+from dcm.models.wan import latent_stats
 from dcm.shapes.world import WorldConfig, render, sample_attributes
 
 # Seeds of the second layout of each clip are offset by this much from the first's.
@@ -28,12 +29,10 @@ def colour_separation(vae: AutoencoderKLWan, world: WorldConfig, seeds: range) -
     """``{"blue~purple": 0.13, ...}``: mean over seeds of (latent distance between the clip in two colours) / (latent
     distance between the clip and another layout of the same caption), for every pair of ``world.colours``.
 
-    Latents are the posterior mode, normalised with the VAE config's ``latents_mean`` / ``latents_std`` (as Wan
-    pipelines do), flattened over (C, F, H, W).
+    Latents are the posterior mode, normalised with the VAE config's statistics (:func:`dcm.models.wan.latent_stats`,
+    as Wan pipelines do), flattened over (C, F, H, W).
     """
     colours = world.colours
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     ratios = {pair: [] for pair in itertools.combinations(range(len(colours)), 2)}
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -41,7 +40,9 @@ def colour_separation(vae: AutoencoderKLWan, world: WorldConfig, seeds: range) -
         clips = [render(replace(attributes, colour=c), world, copy.deepcopy(rng)).frames for c in colours]
         clips.append(render(attributes, world, np.random.default_rng(seed + OTHER_LAYOUT_OFFSET)).frames)
         pixels = torch.from_numpy(np.stack(clips)).float().permute(0, 4, 1, 2, 3) / 127.5 - 1  # (K+1, 3, F, H, W)
-        latents = ((vae.encode(pixels).latent_dist.mode() - mean) / std).flatten(1)
+        z = vae.encode(pixels).latent_dist.mode()
+        mean, std = latent_stats(vae, z)
+        latents = ((z - mean) / std).flatten(1)
         distances = torch.cdist(latents, latents)
         own = colours.index(attributes.colour)
         layout = distances[own, -1].item()

@@ -120,17 +120,11 @@ class WanFamily:
         )
         return {"encoder_hidden_states": embeds}
 
-    def _latent_stats(self, pipe: WanPipeline, latents: Tensor) -> tuple[Tensor, Tensor]:
-        shape = (1, pipe.vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(pipe.vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-        std = torch.tensor(pipe.vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-        return mean, std
-
     @torch.no_grad()
     def decode_latents(self, pipe: WanPipeline, latents: Tensor) -> Tensor:
         """(B, C, F, H, W) normalised latents -> (B, F', H', W', 3) float video in [0, 1] (as WanPipeline decodes)."""
         latents = latents.to(pipe.vae.dtype)
-        mean, std = self._latent_stats(pipe, latents)
+        mean, std = latent_stats(pipe.vae, latents)
         video = pipe.vae.decode(latents * std + mean, return_dict=False)[0]  # (B, 3, F', H', W') in [-1, 1]
         return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
@@ -139,8 +133,17 @@ class WanFamily:
         """(B, F', H', W', 3) float video in [0, 1] -> (B, C, F, H, W) normalised latents ``(z - mean) / std``."""
         pixels = video.permute(0, 4, 1, 2, 3).to(pipe.vae.dtype) * 2 - 1
         z = pipe.vae.encode(pixels).latent_dist.sample(generator)
-        mean, std = self._latent_stats(pipe, z)
+        mean, std = latent_stats(pipe.vae, z)
         return (z - mean) / std
+
+
+def latent_stats(vae: AutoencoderKLWan, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The VAE config's per-channel ``latents_mean`` / ``latents_std``, each (1, C, 1, 1, 1) on ``like``'s device and
+    dtype: Wan latents are normalised as ``(z - mean) / std``."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, std
 
 
 def tapped_blocks(transformer: WanTransformer3DModel) -> torch.nn.ModuleList:
