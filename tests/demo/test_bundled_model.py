@@ -19,12 +19,13 @@ from dcm.shapes.world import WorldConfig
 # Package size budget of the issue: the model and its export together.
 MAX_PACKAGE_MB = 15
 NUM_PROMPTS = 12
-# A floor below what ShapesBench measures for this model's motion directions (README: ~90 %), so noise in 12 prompts
-# does not fail the test, while a broken model (random weights, wrong schedule, wrong text side) scores near the
-# 1-in-4 chance level or finds no motion at all. Colour is not asserted: the model draws the prompted colour in
-# about three videos in five (ShapesBench, README), and on 12 prompts that measures anywhere from 4 to 8 of 12
-# (33-67 % on three disjoint seed sets), too close to the 1-in-6 chance level for a floor that cannot flake.
+# Floors below what ShapesBench measures for this model (README: about nine videos in ten move the prompted way and
+# have the prompted colour), so noise in 12 prompts does not fail the test, while a broken model (random weights,
+# wrong schedule, wrong text side) scores near the chance levels (1 in 4 directions, 1 in 6 colours) or finds no
+# object at all. Measured on 12 prompts of four disjoint seed sets: direction 92-100 %, colour 83-100 %. Shape is not
+# asserted: 33-50 % on the same sets, too close to the 1-in-3 chance level for a floor that cannot flake.
 MIN_DIRECTION_ACCURACY = 75.0
+MIN_COLOUR_ACCURACY = 50.0
 
 
 def folder_mb(path) -> float:
@@ -54,10 +55,11 @@ def scores(videos, prompts) -> dict[str, float]:
     return summarise([score_video(v, p.attributes) for v, p in zip(through_mp4(videos, 8), prompts)])
 
 
-def test_the_demo_model_moves_objects_the_prompted_way(demo, prompts):
+def test_the_demo_model_draws_the_prompted_colour_moving_the_prompted_way(demo, prompts):
     videos = demo.generate([p.caption for p in prompts], seeds=[p.seed for p in prompts])
     result = scores(videos, prompts)
     assert result["direction_acc"] >= MIN_DIRECTION_ACCURACY, result
+    assert result["colour_acc"] >= MIN_COLOUR_ACCURACY, result
 
 
 def test_the_export_runs_in_stock_diffusers(prompts):
@@ -82,11 +84,11 @@ def test_the_demo_vae_gives_back_colour_shape_and_motion(demo, prompts):
     assert ceiling["colour_acc"] >= 90 and ceiling["shape_acc"] >= 70 and ceiling["direction_acc"] >= 90, ceiling
 
 
-def test_the_demo_vae_puts_blue_next_to_purple_and_red_next_to_green(demo):
-    # Why the demo teacher mixes up these colours (README, Known limitations): its VAE encodes a clip in blue and the
-    # same clip in purple (or red / green) nearly alike, at about a seventh of the distance to another layout of the
-    # caption, while colours of different brightness (red / yellow) lie about as far apart as a new layout (measured
-    # 0.12, 0.17 and 0.87 on 16 clips). A VAE retrained to separate colours should change this test's numbers.
+def test_the_demo_vae_keeps_every_pair_of_colours_apart(demo):
+    # Why the demo teacher draws the prompted colour (README, Known limitations): its VAE was trained with a hinge on
+    # the latent distance between colour-swapped clips (DemoVAEConfig.colour_contrast_*), so a clip in blue and the
+    # same clip in purple are encoded about half as far apart as the clip and another layout of its caption (closest
+    # pair measured 0.47 on these 8 clips). The VAE before it put blue~purple at 0.12 and red~green at 0.17, and its
+    # teacher drew blue objects green or purple.
     separation = colour_separation(demo.pipe.vae, WorldConfig(), range(5_000_000, 5_000_008))
-    assert len(separation) == 15 and all(0 < r < 2 for r in separation.values()), separation
-    assert max(separation["blue~purple"], separation["red~green"]) < 0.5 * separation["red~yellow"], separation
+    assert len(separation) == 15 and all(0.3 < r < 2 for r in separation.values()), separation

@@ -14,16 +14,19 @@ from dcm.demo.training import (
     build_teacher,
     build_vae,
     clip_batch,
+    colour_contrast,
     flow_matching_loss,
     latent_object_weights,
     object_crops,
+    object_mask,
     object_weights,
+    recolour_objects,
     train_teacher,
     vae_loss,
 )
 from dcm.schedule import dcm_sigmas
 from dcm.shapes.evaluate import object_masks
-from dcm.shapes.world import WorldConfig, make_clip
+from dcm.shapes.world import COLOURS, WorldConfig, make_clip
 
 WORLD = WorldConfig(size=32, num_frames=9, pixels_per_frame=1.0)
 TINY_VAE = DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1), num_steps=1)
@@ -171,3 +174,43 @@ def test_single_expert_baseline_trains_through_the_distillation_job(tmp_path, ra
     assert student.sigmas(defaults).tolist() == pytest.approx([*dcm_sigmas(4, student.grid), 0.0])
     frames = student.generate(["a blue square moving up"], seeds=[1])
     assert frames.shape == (1, 9, 32, 32, 3)
+
+
+def test_recolour_objects_paints_each_object_in_another_palette_colour_and_keeps_the_background():
+    pixels, captions = clip_batch(range(12), WORLD)
+    recoloured = recolour_objects(pixels, WORLD, threshold=0.3, generator=torch.Generator().manual_seed(0))
+    mask = object_mask(pixels, threshold=0.3)
+    torch.testing.assert_close(recoloured[~mask.expand_as(pixels)], pixels[~mask.expand_as(pixels)])
+    palette = {name: torch.tensor(rgb) / 127.5 - 1 for name, rgb in COLOURS.items()}
+    for clip, clip_mask, caption in zip(recoloured, mask[:, 0], captions):
+        painted = clip.permute(1, 2, 3, 0)[clip_mask]  # (N, 3)
+        assert len(painted) > 0
+        names = [n for n, rgb in palette.items() if torch.allclose(painted, rgb.expand_as(painted))]
+        assert len(names) == 1 and names[0] not in caption.split(), (caption, names)
+
+
+def test_colour_contrast_is_the_margin_for_identical_latents_and_zero_past_it():
+    latents = torch.randn(4, 16, 2, 4, 4)
+    assert colour_contrast(latents, latents, margin=0.5).item() == pytest.approx(0.5)
+    far = latents + 10 * torch.randn_like(latents)
+    assert colour_contrast(latents, far, margin=0.5).item() == 0.0
+    # Below the margin a gradient step on the recoloured latents moves them away and lowers the loss.
+    recoloured = (latents + 0.01 * torch.randn_like(latents)).requires_grad_()
+    before = colour_contrast(latents, recoloured, margin=0.5)
+    before.backward()
+    with torch.no_grad():
+        after = colour_contrast(latents, recoloured - 1000.0 * recoloured.grad, margin=0.5)
+    assert after.item() < before.item() - 0.05, (before.item(), after.item())
+
+
+def test_vae_loss_adds_the_weighted_colour_contrast_of_the_recoloured_clips():
+    torch.manual_seed(0)
+    vae = build_vae(TINY_VAE)
+    pixels, _ = clip_batch(range(2), WORLD)
+    config = replace(TINY_VAE, colour_contrast_weight=2.0, colour_contrast_margin=0.5)
+    with torch.no_grad():
+        plain = vae_loss(vae, pixels, config)
+        same = vae_loss(vae, pixels, config, recoloured=pixels)  # identical versions: the hinge is the full margin
+        off = vae_loss(vae, pixels, replace(config, colour_contrast_weight=0.0), recoloured=pixels)
+    assert same.item() == pytest.approx(plain.item() + 2.0 * 0.5, abs=1e-5)
+    assert off.item() == pytest.approx(plain.item(), abs=1e-6)
