@@ -22,10 +22,10 @@ import torch
 from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.cluster.train import run_distillation
 from dcm.config import GenerationConfig
-from dcm.data import write_synthetic_dataset
 from dcm.distill.recipes import tiny
 from dcm.io.model_folder import load_pipeline, plain_transformer
 from dcm.pipeline import DCMPipeline
+from dcm_demo.synthetic import write_synthetic_dataset
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never overlap the training data's seeds
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",

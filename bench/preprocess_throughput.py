@@ -17,9 +17,9 @@ import pandas as pd
 
 from dcm.cluster.preprocess import EncodeClips, PreprocessConfig, decode_clips, run_preprocess
 from dcm.cluster.runtime import init_ray, shutdown_ray
-from dcm.data import moving_square_video
 from dcm.io.video import write_mp4
 from dcm.preprocess import ClipConfig
+from dcm_demo.synthetic import world_video
 
 CLIP = ClipConfig(num_frames=17, height=64, width=64, fps=8)
 
@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for i in range(args.videos):  # 3 s of 24 fps 96x128 video each
-            write_mp4(moving_square_video(i, num_frames=72, height=96, width=128), os.path.join(tmp, f"{i}.mp4"),
+            write_mp4(world_video(i, num_frames=72, height=96, width=128)[0], os.path.join(tmp, f"{i}.mp4"),
                       fps=24)  # fmt: skip
             rows.append({"path": f"{i}.mp4", "caption": f"a square moving, clip {i}"})
         with open(os.path.join(tmp, "captions.json"), "w") as f:

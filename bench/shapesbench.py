@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dcm.io.model_folder import load_pipeline
-from dcm.shapes.bench import (
+from dcm_demo.bench import (
     Row,
     bench_prompts,
     chart,
@@ -33,7 +33,7 @@ from dcm.shapes.bench import (
     table_rows,
     vae_ceiling,
 )
-from dcm.shapes.world import WorldConfig
+from dcm_demo.world import WorldConfig
 
 logger = logging.getLogger("shapesbench")
 TEACHER_GUIDANCE = 5.0

@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(args)
         if args.synthetic_data:
-            from dcm.data import write_synthetic_dataset
             from dcm.io.model_folder import load_pipeline
+            from dcm_demo.synthetic import write_synthetic_dataset
 
             meta = write_synthetic_dataset(load_pipeline(config.teacher), config.data, num_samples=args.synthetic_data,
                                            num_frames=args.synthetic_frames, height=args.synthetic_size,

@@ -35,9 +35,13 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.config import DCMModelConfig, GenerationConfig, ScheduleConfig, to_dict
 from dcm.data import DatasetWriter, LatentDataset
-from dcm.demo import text as demo_text
-from dcm.demo.geometry import colour_separation
-from dcm.demo.training import (
+from dcm.distill.recipes import DEMO_STEPS
+from dcm.io.model_folder import CONFIG_NAME
+from dcm.models.wan import WanFamily
+from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_EXPORT_FOLDER, DEMO_FOLDER, DEMO_SHIFT
+from dcm_demo import text as demo_text
+from dcm_demo.geometry import colour_separation
+from dcm_demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
     build_teacher,
@@ -50,11 +54,7 @@ from dcm.demo.training import (
     train_teacher,
     train_vae,
 )
-from dcm.distill.recipes import DEMO_STEPS
-from dcm.io.model_folder import CONFIG_NAME
-from dcm.models.wan import WanFamily
-from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_EXPORT_FOLDER, DEMO_FOLDER, DEMO_SHIFT
-from dcm.shapes.world import WorldConfig
+from dcm_demo.world import WorldConfig
 
 logger = logging.getLogger("train_demo")
 STAGES = ("vae", "data", "teacher", "distill", "baselines")
@@ -63,9 +63,9 @@ RAY_STAGES = ("distill", "baselines")
 STAGE_FOLDERS = {"distill": "dcm"}
 # Seed ranges: VAE clips, teacher/distillation clips, VAE check clips and ShapesBench clips never overlap.
 VAE_SEEDS, DATA_SEEDS = 0, 1_000_000
-# Held-out clips whose reconstructions check the VAE (ShapesBench prompts use their own seeds, dcm.shapes.bench).
+# Held-out clips whose reconstructions check the VAE (ShapesBench prompts use their own seeds, dcm_demo.bench).
 CHECK_SEEDS, CHECK_CLIPS = 5_000_000, 32
-# Clips (each encoded in every palette colour) for the VAE's colour separation in latent space (dcm.demo.geometry).
+# Clips (each encoded in every palette colour) for the VAE's colour separation in latent space (dcm_demo.geometry).
 SEPARATION_CLIPS = 8
 ENCODE_BATCH = 32
 LOG_EVERY = 50

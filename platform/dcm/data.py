@@ -19,7 +19,6 @@ import io
 import json
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -166,41 +165,3 @@ class LatentDataset(torch.utils.data.Dataset):
     @property
     def cond_keys(self) -> list[str]:
         return [k for k in self.tensors if k != LATENTS_KEY]
-
-
-def moving_square_video(seed: int, *, num_frames: int, height: int, width: int) -> np.ndarray:
-    """A synthetic clip: a coloured square moving in a seeded direction over a plain background. (F, H, W, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    colour = rng.integers(40, 255, size=3)
-    background = rng.integers(0, 60, size=3)
-    video = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    video[:] = background
-    size = max(2, height // 4)
-    y, x = rng.integers(0, height - size), rng.integers(0, width - size)
-    dy, dx = rng.choice([-1, 0, 1], size=2)
-    for f in range(num_frames):
-        top = int(np.clip(y + dy * f, 0, height - size))
-        left = int(np.clip(x + dx * f, 0, width - size))
-        video[f, top : top + size, left : left + size] = colour
-    return video
-
-
-@torch.no_grad()
-def write_synthetic_dataset(
-    pipeline, root: str, *, num_samples: int, num_frames: int, height: int, width: int, seed: int = 0,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-) -> dict:  # fmt: skip
-    """Encodes synthetic moving-square clips with the pipeline's own VAE and text encoder (no external data)."""
-    captions = [f"a square moving, sample {seed + i}" for i in range(num_samples)]
-    negative = pipeline.encode_prompts([""])
-    writer = DatasetWriter(root, family=pipeline.config.family, negative=negative, shard_size=shard_size,
-                           source="synthetic moving squares")  # fmt: skip
-    generator = torch.Generator().manual_seed(seed)
-    for start in range(0, num_samples, shard_size):
-        batch = captions[start : start + shard_size]
-        videos = np.stack([moving_square_video(seed + start + i, num_frames=num_frames, height=height, width=width)
-                           for i in range(len(batch))])  # fmt: skip
-        pixels = torch.from_numpy(videos).float() / 255
-        latents = pipeline.family.encode_video(pipeline.pipe, pixels, generator=generator)
-        writer.add(latents, pipeline.encode_prompts(batch), batch)
-    return writer.close()

@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
         folder=DEMO_FOLDER,
         config=_config(
             "wan",
-            max_sequence_length=16,  # dcm.demo.text.MAX_SEQUENCE_LENGTH; the folder's dcm_config.json is what loads
+            max_sequence_length=16,  # dcm_demo.text.MAX_SEQUENCE_LENGTH; the folder's dcm_config.json is what loads
             detail=DetailExpertConfig(duplicated_modules=wan.DUPLICATED_MODULES),
             generation=GenerationConfig(num_frames=17, height=64, width=64, num_inference_steps=4, fps=8),
         ),

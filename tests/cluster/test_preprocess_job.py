@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dcm.cluster.preprocess import PreprocessConfig, run_preprocess
-from dcm.data import LatentDataset, moving_square_video
+from dcm.data import LatentDataset
 from dcm.io.storage import Store
 from dcm.io.video import write_mp4
 from dcm.preprocess import ClipConfig
+from dcm_demo.synthetic import world_video
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -22,12 +23,12 @@ def make_videos(folder):
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(4):  # good: 48 frames at 24 fps = 2 s, 4:3
-        video = moving_square_video(i, num_frames=48, height=48, width=64)
+        video = world_video(i, num_frames=48, height=48, width=64)[0]
         write_mp4(video, folder / f"good{i}.mp4", fps=24)
         rows.append({"path": f"good{i}.mp4", "caption": f"a square moving, clip {i}"})
-    write_mp4(moving_square_video(9, num_frames=6, height=48, width=64), folder / "short.mp4", fps=24)
+    write_mp4(world_video(9, num_frames=6, height=48, width=64)[0], folder / "short.mp4", fps=24)
     rows.append({"path": "short.mp4", "caption": "too short"})
-    write_mp4(moving_square_video(8, num_frames=48, height=16, width=128), folder / "wide.mp4", fps=24)
+    write_mp4(world_video(8, num_frames=48, height=16, width=128)[0], folder / "wide.mp4", fps=24)
     rows.append({"path": "wide.mp4", "caption": "too wide"})
     (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
     rows.append({"path": "corrupt.mp4", "caption": "corrupt"})

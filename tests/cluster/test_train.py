@@ -8,11 +8,11 @@ import torch
 from diffusers import WanPipeline
 
 from dcm.cluster.train import run_distillation
-from dcm.data import write_synthetic_dataset
 from dcm.distill.config import SEMANTIC_STAGE
 from dcm.distill.recipes import tiny
 from dcm.experts import SEMANTIC
 from dcm.io.model_folder import load_pipeline
+from dcm_demo.synthetic import write_synthetic_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

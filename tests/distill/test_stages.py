@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from dcm.cluster.train import DISC_OPTIMIZER, OPTIMIZER, adamw, build_models, load_checkpoint, save_checkpoint
-from dcm.data import write_synthetic_dataset
 from dcm.distill.config import DETAIL_STAGE
 from dcm.distill.consistency import sample_indices
 from dcm.distill.recipes import tiny, tiny_hunyuan
 from dcm.distill.steps import detail_generator_loss, discriminator_loss, guided_velocity, velocity
 from dcm.experts import SEMANTIC
 from dcm.io.model_folder import load_pipeline
+from dcm_demo.synthetic import write_synthetic_dataset
 
 
 def detail_setup(tmp_path, recipe=tiny, teacher="tiny-wan"):

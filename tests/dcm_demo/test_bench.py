@@ -3,7 +3,7 @@
 import numpy as np
 
 from bench.shapesbench import frame_strip
-from dcm.shapes.bench import (
+from dcm_demo.bench import (
     BENCH_SEEDS,
     Row,
     bench_prompts,
@@ -13,7 +13,7 @@ from dcm.shapes.bench import (
     score_row,
     vae_ceiling,
 )
-from dcm.shapes.world import WorldConfig, make_clip
+from dcm_demo.world import WorldConfig, make_clip
 
 WORLD = WorldConfig()
 

@@ -3,9 +3,9 @@
 import torch
 from diffusers import WanPipeline
 
-from dcm.demo.text import MAX_SEQUENCE_LENGTH, text_encoder, vocabulary, word_tokenizer
 from dcm.models.wan import tiny_wan_components
-from dcm.shapes.world import COLOURS, SHAPES
+from dcm_demo.text import MAX_SEQUENCE_LENGTH, text_encoder, vocabulary, word_tokenizer
+from dcm_demo.world import COLOURS, SHAPES
 
 
 def test_every_caption_word_has_its_own_id_and_unknown_words_map_to_unk():

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dcm.demo.text import MAX_SEQUENCE_LENGTH
-from dcm.demo.training import (
+from dcm.schedule import dcm_sigmas
+from dcm_demo.evaluate import object_masks
+from dcm_demo.text import MAX_SEQUENCE_LENGTH
+from dcm_demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
     build_teacher,
@@ -24,9 +26,7 @@ from dcm.demo.training import (
     train_teacher,
     vae_loss,
 )
-from dcm.schedule import dcm_sigmas
-from dcm.shapes.evaluate import object_masks
-from dcm.shapes.world import COLOURS, WorldConfig, make_clip
+from dcm_demo.world import COLOURS, WorldConfig, make_clip
 
 WORLD = WorldConfig(size=32, num_frames=9, pixels_per_frame=1.0)
 TINY_VAE = DemoVAEConfig(base_dim=8, dim_mult=(1, 1, 1), num_steps=1)

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from dcm.shapes.world import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from dcm_demo.world import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 CONNECTIVES = ("a", "an", "the", "moving", "and")

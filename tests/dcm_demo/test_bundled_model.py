@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from dcm.demo.geometry import colour_separation
-from dcm.demo.text import MAX_SEQUENCE_LENGTH
 from dcm.io.model_folder import load_pipeline
 from dcm.presets import DEFAULT_MODEL, DEMO_EXPORT_FOLDER, DEMO_FOLDER
-from dcm.shapes.bench import bench_prompts, through_mp4, vae_ceiling
-from dcm.shapes.evaluate import score_video, summarise
-from dcm.shapes.world import WorldConfig
+from dcm_demo.bench import bench_prompts, through_mp4, vae_ceiling
+from dcm_demo.evaluate import score_video, summarise
+from dcm_demo.geometry import colour_separation
+from dcm_demo.text import MAX_SEQUENCE_LENGTH
+from dcm_demo.world import WorldConfig
 
 # Package size budget of the issue: the model and its export together.
 MAX_PACKAGE_MB = 15

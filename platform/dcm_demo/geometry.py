@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from dcm.models.wan import latent_stats
-from dcm.shapes.world import WorldConfig, render, sample_attributes
+from dcm_demo.world import WorldConfig, render, sample_attributes
 
 # Seeds of the second layout of each clip are offset by this much from the first's.
 OTHER_LAYOUT_OFFSET = 1_000_003

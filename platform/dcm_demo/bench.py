@@ -2,7 +2,7 @@
 
 A *row* is a model folder plus a sampler setting (steps, guidance). Every row generates the same prompts with the
 same seeds; its videos go through an MP4 round trip (what a user downloads) and are scored by
-:mod:`dcm.shapes.evaluate` against the attributes the prompt asked for, and by their pixel distance to the reference
+:mod:`dcm_demo.evaluate` against the attributes the prompt asked for, and by their pixel distance to the reference
 row's videos (the teacher's 50-step output). Wall time per video covers prompt encoding, sampling and VAE decoding.
 """
 
@@ -18,8 +18,8 @@ import torch
 from dcm.config import GenerationConfig
 from dcm.io.video import decode_mp4, encode_mp4
 from dcm.pipeline import DCMPipeline
-from dcm.shapes.evaluate import pixel_distance, score_video, summarise
-from dcm.shapes.world import Attributes, WorldConfig, make_clip
+from dcm_demo.evaluate import pixel_distance, score_video, summarise
+from dcm_demo.world import Attributes, WorldConfig, make_clip
 
 # Benchmark clips come from seeds far from every training range of jobs/train_demo.py (VAE 0.., data 1e6..,
 # VAE check 5e6..): a benchmark seed is never a training seed (its noise is new; its caption comes from the same

@@ -1,6 +1,6 @@
 """Training functions for the demo stack: a tiny ``AutoencoderKLWan`` and a tiny ``WanTransformer3DModel`` teacher.
 
-Both train on clips of :mod:`dcm.shapes.world` (pixels in [-1, 1], layout (B, 3, F, H, W)). The teacher learns flow
+Both train on clips of :mod:`dcm_demo.world` (pixels in [-1, 1], layout (B, 3, F, H, W)). The teacher learns flow
 matching on normalised VAE latents: ``x_sigma = sigma * eps + (1 - sigma) * x0``, target velocity ``eps - x0``, with
 shifted-uniform sigmas and caption dropout (so classifier-free guidance works). Pure torch; saving is the job's.
 """
@@ -18,8 +18,8 @@ from torch import Tensor
 
 from dcm.distill.consistency import noisy
 from dcm.schedule import shift_sigma
-from dcm.shapes.evaluate import score_video, summarise
-from dcm.shapes.world import COLOURS, WorldConfig, make_clip
+from dcm_demo.evaluate import score_video, summarise
+from dcm_demo.world import COLOURS, WorldConfig, make_clip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +64,7 @@ class DemoVAEConfig:
     # Gaussian noise of this std added to the posterior mean before decoding (0 turns it off), so that the decoder
     # must tell colours apart through the noise. Without it (and without the colour hinge below) the encoder puts
     # colours of similar brightness almost on top of each other (blue~purple at 0.12 of the latent distance to
-    # another layout, dcm.demo.geometry) and the teacher mixes them up. Measured with 0.1 (the means' std is ~0.4):
+    # another layout, dcm_demo.geometry) and the teacher mixes them up. Measured with 0.1 (the means' std is ~0.4):
     # the full VAE stage's held-out reconstructions 100 / 87.5 / 100 % colour / shape / direction (vs 96.9 / 81.2 /
     # 100); on 16 clips red~green 0.20, blue~purple 0.21, green~blue 0.39, red~yellow 0.42 (vs 0.17, 0.12, 0.19,
     # 0.87: more even, the closest pair not much further apart); its 6000-step teacher (50 steps, CFG 5), 96

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dcm.io.video import decode_mp4, encode_mp4
-from dcm.shapes.evaluate import pixel_distance, score_video, summarise
-from dcm.shapes.world import COLOURS, Attributes, WorldConfig, make_clip, parse_caption, render
+from dcm_demo.evaluate import pixel_distance, score_video, summarise
+from dcm_demo.world import COLOURS, Attributes, WorldConfig, make_clip, parse_caption, render
 
 SEEDS = range(60)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcm.shapes.world import COLOURS, DIRECTIONS, Attributes
+from dcm_demo.world import COLOURS, DIRECTIONS, Attributes
 
 # A pixel belongs to the object when its colour is this far (L2, 0-255 scale) from the frame's background.
 OBJECT_THRESHOLD = 60.0

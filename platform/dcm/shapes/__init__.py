@@ -1,1 +1,0 @@
-"""A synthetic world of moving coloured shapes and ShapesBench, its pixel-only evaluator."""
