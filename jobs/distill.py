@@ -17,9 +17,11 @@ from dataclasses import replace
 
 from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.distill.config import STAGES, STRATEGIES
-from dcm.distill.recipes import RECIPES
+from dcm.distill.recipes import RECIPES as CORE_RECIPES
+from dcm_demo.recipes import RECIPES as DEMO_RECIPES
 
 logger = logging.getLogger("distill")
+RECIPES = CORE_RECIPES | DEMO_RECIPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,12 +35,12 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from dcm.cluster.runtime import init_ray, shutdown_ray
 from dcm.config import DCMModelConfig, GenerationConfig, ScheduleConfig, to_dict
 from dcm.data import DatasetWriter, LatentDataset
-from dcm.distill.recipes import DEMO_STEPS
 from dcm.io.model_folder import CONFIG_NAME
 from dcm.models.wan import WanFamily
-from dcm.presets import DEMO_BOUNDARY_INDEX, DEMO_EXPORT_FOLDER, DEMO_FOLDER, DEMO_SHIFT
+from dcm.presets import DEMO_EXPORT_FOLDER, DEMO_FOLDER
 from dcm_demo import text as demo_text
 from dcm_demo.geometry import colour_separation
+from dcm_demo.recipes import DEMO_BOUNDARY_INDEX, DEMO_SHIFT, DEMO_STEPS
 from dcm_demo.training import (
     DemoTeacherConfig,
     DemoVAEConfig,
@@ -202,7 +202,7 @@ def stage_teacher(work: str, steps: int, world: WorldConfig, base: DemoTeacherCo
 def run_recipe(work: str, recipe: str, output: str, semantic_steps: int, detail_steps: int) -> None:
     """One jobs/distill.py recipe on the demo teacher and data, on the connected Ray (see :func:`main`)."""
     from dcm.cluster.train import run_distillation
-    from dcm.distill.recipes import RECIPES, with_budget
+    from dcm_demo.recipes import RECIPES, with_budget
 
     config = RECIPES[recipe](teacher=os.path.join(work, "teacher"), data=os.path.join(work, "data"), output=output)
     config = replace(with_budget(config, semantic_steps, detail_steps), storage_path=os.path.join(work, "runs"))
@@ -211,7 +211,7 @@ def run_recipe(work: str, recipe: str, output: str, semantic_steps: int, detail_
 
 def stage_baselines(work: str, semantic_steps: int, detail_steps: int) -> None:
     """The comparison students of ShapesBench, each in baselines/<name>; a finished one is kept."""
-    from dcm.distill.recipes import DEMO_BASELINES
+    from dcm_demo.recipes import DEMO_BASELINES
 
     for name, recipe in DEMO_BASELINES.items():
         output = os.path.join(work, "baselines", name)

@@ -193,7 +193,7 @@ def test_single_expert_grid_has_no_boundary():
 
 
 def test_detail_stage_needs_a_boundary():
-    from dcm.distill.recipes import demo, demo_lcm
+    from dcm_demo.recipes import demo, demo_lcm
 
     config = demo_lcm(teacher="t", data="d", output="o")
     assert config.stages == ("semantic",) and config.schedule.boundary_index == 0

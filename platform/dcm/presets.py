@@ -17,10 +17,6 @@ from dcm.schedule import HUNYUAN_4STEP_SIGMAS
 # Spec §3 / §9: the expert boundary index k on the 50-point, shift-17 grid.
 WAN_BOUNDARY_INDEX = 35
 HUNYUAN_BOUNDARY_INDEX = 38
-# The demo model (64x64, 17 frames, ~80 tokens) uses the shift its teacher was trained with; shift 17 is for
-# 480p-720p videos, where the spec's grid puts the boundary at sigma 0.975. k = 25 puts it at sigma[24] = 0.833.
-DEMO_SHIFT = 5.0
-DEMO_BOUNDARY_INDEX = 25
 # Tiny presets use a small LoRA so the detail expert stays a few kB.
 TINY_LORA_RANK = 4
 TINY_LORA_ALPHA = 8.0
