@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import torch
 
 from dcm.cluster.batch import BatchConfig, run_batch
-from dcm.cluster.generator import VideoGenerator, VideoRequest
 from dcm.cluster.runtime import init_ray, shutdown_ray
+from dcm.generation import VideoGenerator, VideoRequest
 from dcm.manifest import JobDefaults
 
 COLOURS = ("red", "green", "blue", "yellow")

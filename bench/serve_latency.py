@@ -51,7 +51,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from dcm.cluster.generator import VideoGenerator, VideoRequest
+    from dcm.generation import VideoGenerator, VideoRequest
     from serve.app import VideoGen
 
     generator = VideoGenerator("tiny-wan", device="cpu")

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from dcm.cluster.batch import DEFAULT_CPUS_PER_ACTOR, BatchConfig, dry_run, run_batch
-from dcm.cluster.generator import GeneratorLimits
 from dcm.cluster.runtime import init_ray, shutdown_ray
+from dcm.generation import RequestLimits
 from dcm.manifest import JobDefaults
 from dcm.presets import DEFAULT_MODEL
 
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="regenerate rows whose video already exists")
     p.add_argument("--dry-run", action="store_true", help="validate the manifest and print the plan; generate nothing")
     p.add_argument("--no-gallery", action="store_true", help="do not write index.html")
-    p.add_argument("--max-prompt-chars", type=int, default=GeneratorLimits().max_prompt_chars)
+    p.add_argument("--max-prompt-chars", type=int, default=RequestLimits().max_prompt_chars)
     return p.parse_args(argv)
 
 
@@ -76,7 +76,7 @@ def build_config(args: argparse.Namespace) -> BatchConfig:
         max_actor_restarts=args.max_retries,
         endpoint_url=args.s3_endpoint_url,
         gallery=not args.no_gallery,
-        limits=GeneratorLimits(max_prompt_chars=args.max_prompt_chars),
+        limits=RequestLimits(max_prompt_chars=args.max_prompt_chars),
     )
 
 

@@ -20,8 +20,11 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.metrics import Histogram
 
-from dcm.cluster.generator import VideoGenerator, VideoRequest, VideoResult
-from dcm.cluster.serving import (
+from dcm.generation import ResolvedRequest, VideoGenerator, VideoRequest, VideoResult
+from dcm.io.storage import Store, safe_name
+from dcm.manifest import output_key, row_id
+from dcm.pages.playground import PlaygroundSettings, render_playground
+from serve.schemas import (
     LATENCY_BUCKETS_S,
     MAX_BODY_BYTES,
     MP4_MEDIA_TYPE,
@@ -33,9 +36,6 @@ from dcm.cluster.serving import (
     expected_token,
     validation_detail,
 )
-from dcm.io.storage import Store, safe_name
-from dcm.manifest import output_key, row_id
-from dcm.pages.playground import PlaygroundSettings, render_playground
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,7 +69,7 @@ async def limit_body_size(request: Request, call_next):
 class Pending:
     """A request waiting in the batch queue."""
 
-    request: VideoRequest
+    request: ResolvedRequest
     arrived: float
 
 
@@ -111,7 +111,7 @@ class VideoGen:
         self.latency.observe(time.perf_counter() - started)
         return [(result, started - item.arrived) for item, result in zip(items, results)]
 
-    async def generate(self, request: VideoRequest) -> tuple[VideoResult, float]:
+    async def generate(self, request: ResolvedRequest) -> tuple[VideoResult, float]:
         """One video through the batching queue: (result, seconds spent queued)."""
         return await self._generate_batch(Pending(request=request, arrived=time.perf_counter()))
 
@@ -131,11 +131,12 @@ class VideoGen:
         video_id = row_id(params)
         vr = VideoRequest(id=video_id, **params)
         try:
-            config = self.generator.resolve(vr)
+            resolved = self.generator.resolve(vr)
         except (ValueError, TypeError) as err:
             return JSONResponse(status_code=422, content={"detail": validation_detail(str(err))})
+        config = resolved.config
         try:
-            result, queued = await self.generate(vr)
+            result, queued = await self.generate(resolved)
         except Exception:  # never leak a stack trace to a client; the replica log has it
             logger.exception("generation failed for %s", video_id)
             return _error(500, "generation failed")

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from dcm.cluster.generator import GeneratorLimits
+from dcm.generation import RequestLimits
 from dcm.manifest import JobDefaults, check_columns, output_key, parse_row, row_id
 
-LIMITS = GeneratorLimits()
+LIMITS = RequestLimits()
 
 
 def test_defaults_and_derived_id():
@@ -33,7 +33,7 @@ def test_parquet_types_are_accepted():
         ({"prompt": "p", "seed": -1}, "seed must be an integer in"),
         ({"prompt": "p", "seed": "abc"}, "seed must be an integer, got 'abc'"),
         ({"prompt": "p", "num_frames": 17.5}, "num_frames must be an integer, got 17.5"),
-        ({"prompt": "p", "height": 0}, "height must be a positive integer, got 0"),
+        ({"prompt": "p", "height": 0}, r"height must be an integer in \[1, 1280\], got 0"),
         ({"prompt": "p", "negative_prompt": 3}, "negative_prompt must be a string, got 3"),
         ({"prompt": "x" * 5000}, "prompt must be at most"),
     ],

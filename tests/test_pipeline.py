@@ -50,7 +50,7 @@ def test_dual_expert_uses_dcm_schedule_and_counts_nfe(tiny_wan):
     [
         ("num_frames", 10, "num_frames must be 4"),
         ("height", 60, "height must be a multiple of 16"),
-        ("width", 2000, "width must be <= 1280"),
+        ("width", 528, "width must be <= 512 for this model"),
         ("width", 40, "width must be a multiple of 16"),
     ],
 )

@@ -16,6 +16,17 @@ DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_NUM_GRID_STEPS = 50
 # Spec §1.2: every released training script uses --shift 17.
 DEFAULT_SHIFT = 17.0
+# Seeds seed one torch.Generator per video: any non-negative 64-bit signed integer.
+MAX_SEED = 2**63 - 1
+
+
+class FieldError(ValueError):
+    """A bad value of a named field: ``field`` says which (a 422's ``param``, a results row's error), the message
+    names the field, the rule and the value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,13 +136,15 @@ class GenerationConfig:
         for name in ("num_frames", "height", "width", "num_inference_steps", "fps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1.0 (1.0 = no CFG), got {self.guidance_scale}")
+                raise FieldError(name, f"{name} must be a positive integer, got {value!r}")
+        if not self.guidance_scale >= 1.0:  # also refuses NaN
+            raise FieldError(
+                "guidance_scale", f"guidance_scale must be >= 1.0 (1.0 = no CFG), got {self.guidance_scale}"
+            )
         if self.sigmas is not None:
             s = list(self.sigmas)
             if not s or any(not 0.0 < x <= 1.0 for x in s) or any(a <= b for a, b in zip(s, s[1:])):
-                raise ValueError(f"sigmas must be strictly decreasing values in (0, 1], got {s}")
+                raise FieldError("sigmas", f"sigmas must be strictly decreasing values in (0, 1], got {s}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dcm.cluster.generator import GeneratorLimits, VideoRequest, check_request
+from dcm.generation import RequestLimits, VideoRequest, check_request
 from dcm.io.storage import safe_name
 
 REQUIRED_COLUMNS = ("prompt",)
@@ -98,7 +98,7 @@ def row_id(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:ID_HASH_CHARS]
 
 
-def parse_row(row: dict[str, Any], defaults: JobDefaults, limits: GeneratorLimits) -> VideoRequest:
+def parse_row(row: dict[str, Any], defaults: JobDefaults, limits: RequestLimits) -> VideoRequest:
     """A manifest row -> a validated request. Raises ValueError naming the field and the value."""
     fields: dict[str, Any] = {}
     prompt = row.get("prompt")

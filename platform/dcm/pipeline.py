@@ -14,15 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dcm.config import DCMModelConfig, GenerationConfig
+from dcm.config import MAX_SEED, DCMModelConfig, GenerationConfig
 from dcm.experts import DualExpertTransformer, TwoTransformerRouter
 from dcm.geometry import VideoGeometry
 from dcm.models import get_family
 from dcm.sampling import CFGDenoiser, TransformerDenoiser, sample_euler
 from dcm.schedule import SigmaGrid, build_grid, resolve_sigmas, teacher_sigmas
-
-MAX_SEED = 2**63 - 1
-DEFAULT_MAX_PROMPT_CHARS = 2000
 
 
 class DCMPipeline:
@@ -90,7 +87,8 @@ class DCMPipeline:
     # -- 1. inputs --------------------------------------------------------------------------------------------
 
     def check_inputs(self, prompts: Sequence[str], seeds: Sequence[int], config: GenerationConfig) -> None:
-        """Raises ValueError naming the field and value of the first bad input."""
+        """What the sampler itself needs (the geometry is checked where the latent shape is derived). Operator
+        limits such as prompt length belong to the request layer (:func:`dcm.generation.resolve_request`)."""
         if len(prompts) == 0:
             raise ValueError("prompts must contain at least one prompt, got []")
         if len(seeds) != len(prompts):
@@ -98,12 +96,9 @@ class DCMPipeline:
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-            if len(prompt) > DEFAULT_MAX_PROMPT_CHARS:
-                raise ValueError(f"prompt must be at most {DEFAULT_MAX_PROMPT_CHARS} characters, got {len(prompt)}")
         for seed in seeds:
             if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
                 raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-        self.geometry.validate(num_frames=config.num_frames, height=config.height, width=config.width)
 
     def sigmas(self, config: GenerationConfig) -> Tensor:
         """(S + 1,) schedule: explicit list > DCM rule (dual-expert model, or a single-expert consistency model on a

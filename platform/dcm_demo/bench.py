@@ -8,6 +8,7 @@ row's videos (the teacher's 50-step output). Wall time per video covers prompt e
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +19,20 @@ import torch
 from dcm.config import GenerationConfig
 from dcm.io.video import decode_mp4, encode_mp4
 from dcm.pipeline import DCMPipeline
-from dcm_demo.evaluate import pixel_distance, score_video, summarise
-from dcm_demo.world import Attributes, WorldConfig, make_clip
+from dcm_demo.evaluate import ACCURACY_METRICS, pixel_distance, score_video, summarise
+from dcm_demo.world import SIZES, SPEEDS, Attributes, WorldConfig, clip_of
 
-# Benchmark clips come from seeds far from every training range of jobs/train_demo.py (VAE 0.., data 1e6..,
-# VAE check 5e6..): a benchmark seed is never a training seed (its noise is new; its caption comes from the same
-# finite vocabulary).
+# Benchmark clips come from seeds far from every training range of dcm_demo.stages (VAE 0.., data 1e6.., VAE check
+# 5e6..) and from the validation prompts (8e6..): a benchmark seed is never a training seed (its noise and layout
+# are new; its caption comes from the same finite vocabulary).
 BENCH_SEEDS = 9_000_000
+# Validation prompts pick models and settings; the benchmark's prompts then only report.
+VALIDATION_SEEDS = 8_000_000
+# Every colour x shape x direction twice, so each combination is scored in two size / speed variants.
+BENCH_REPEATS = 2
+# The order in which prompt sets walk the colour x shape x direction grid: a fixed shuffle, so that a prefix of a
+# prompt set is spread over colours, shapes and directions.
+GRID_ORDER_SEED = 0
 GENERATE_BATCH = 8
 
 
@@ -33,6 +41,55 @@ class BenchPrompt:
     seed: int
     caption: str
     attributes: Attributes
+
+
+def attribute_grid(world: WorldConfig) -> list[tuple[int, int, int]]:
+    """Indices (colour, shape, direction) of every combination of the world's vocabulary, in the fixed shuffled
+    order of :data:`GRID_ORDER_SEED`."""
+    grid = list(itertools.product(range(len(world.colours)), range(len(world.shapes)), range(len(world.directions))))
+    return [grid[i] for i in np.random.default_rng(GRID_ORDER_SEED).permutation(len(grid))]
+
+
+def size_speed_variants() -> list[tuple[str, str]]:
+    """Every (size, speed) pair, in a Latin-square order: variants ``v`` and ``v + len / 2`` differ in both words,
+    so the two copies of a combination in the benchmark differ in size and in speed."""
+    sizes, speeds = list(SIZES), list(SPEEDS)
+    count = len(sizes) * len(speeds)
+    return [(sizes[k // len(speeds)], speeds[(k // len(speeds) + k % len(speeds)) % len(speeds)]) for k in range(count)]
+
+
+def bench_prompts(num: int, world: WorldConfig, *, first_seed: int = BENCH_SEEDS) -> list[BenchPrompt]:
+    """``num`` prompts walking the colour x shape x direction grid (:func:`attribute_grid`) as often as needed, with
+    the size / speed variant of combination (c, s, d) in pass r being ``(c + s + d + r * V / 2 + r // 2) mod V``
+    (V variants): within a pass every shape and colour gets each variant equally often, and two passes balance the
+    directions too. Prompt i has seed ``first_seed + i``, which draws its clip's layout and its generation noise."""
+    if num <= 0:
+        raise ValueError(f"num must be positive, got {num}")
+    grid, variants = attribute_grid(world), size_speed_variants()
+    prompts = []
+    for i in range(num):
+        repeat, (c, s, d) = divmod(i, len(grid))[0], grid[i % len(grid)]
+        offset = repeat * (len(variants) // 2) + repeat // 2
+        size, speed = variants[(c + s + d + offset) % len(variants)]
+        attributes = Attributes(colour=world.colours[c], shape=world.shapes[s], direction=world.directions[d],
+                                size=size, speed=speed)  # fmt: skip
+        prompts.append(BenchPrompt(seed=first_seed + i, caption=attributes.caption(), attributes=attributes))
+    return prompts
+
+
+def default_num_prompts(world: WorldConfig) -> int:
+    """The benchmark's size: every colour x shape x direction :data:`BENCH_REPEATS` times."""
+    return BENCH_REPEATS * len(world.colours) * len(world.shapes) * len(world.directions)
+
+
+def validation_prompts(world: WorldConfig) -> list[BenchPrompt]:
+    """One prompt per colour x shape x direction, on the validation seeds."""
+    return bench_prompts(default_num_prompts(world) // BENCH_REPEATS, world, first_seed=VALIDATION_SEEDS)
+
+
+def ground_truth(prompts: Sequence[BenchPrompt], world: WorldConfig) -> np.ndarray:
+    """(N, F, H, W, 3) uint8: the world's clip of each prompt (its attributes, layout from its seed)."""
+    return np.stack([clip_of(p.attributes, p.seed, world).frames for p in prompts])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,12 +113,6 @@ class RowResult:
     row: Row
     metrics: dict[str, float]  # summarise() + distance_to_reference + (sampling_)seconds_per_video
     videos: np.ndarray = None  # (N, F, H, W, 3) uint8 after the MP4 round trip
-
-
-def bench_prompts(num: int, world: WorldConfig, *, first_seed: int = BENCH_SEEDS) -> list[BenchPrompt]:
-    """``num`` prompts drawn from the world with benchmark seeds; the same seed is the generation seed."""
-    clips = [(first_seed + i, make_clip(first_seed + i, world)) for i in range(num)]
-    return [BenchPrompt(seed=s, caption=c.caption, attributes=c.attributes) for s, c in clips]
 
 
 def through_mp4(videos: np.ndarray, fps: int) -> np.ndarray:
@@ -89,16 +140,22 @@ def generate_row(dcm: DCMPipeline, row: Row, prompts: Sequence[BenchPrompt]) -> 
     return through_mp4(np.concatenate(videos), config.fps), seconds
 
 
-def vae_ceiling(dcm: DCMPipeline, prompts: Sequence[BenchPrompt], world: WorldConfig) -> dict[str, float]:
+def vae_ceiling(dcm: DCMPipeline, prompts: Sequence[BenchPrompt], world: WorldConfig) -> dict:
     """ShapesBench of the ground-truth clips of these prompts after a round trip through the model's VAE and an MP4:
     the most any row of a model with this VAE can score (a generator can only draw what the decoder can)."""
+    videos = through_mp4(vae_round_trip(dcm, ground_truth(prompts, world)), dcm.config.default_generation.fps)
+    return summarise([score_video(v, p.attributes, world) for v, p in zip(videos, prompts)])
+
+
+@torch.no_grad()
+def vae_round_trip(dcm: DCMPipeline, clips: np.ndarray) -> np.ndarray:
+    """(N, F, H, W, 3) uint8 clips -> the same encoded and decoded by the model's VAE (batches of
+    :data:`GENERATE_BATCH`)."""
     decoded = []
-    for i in range(0, len(prompts), GENERATE_BATCH):
-        clips = np.stack([make_clip(p.seed, world).frames for p in prompts[i : i + GENERATE_BATCH]])  # (B, F, H, W, 3)
-        video = torch.from_numpy(clips).to(dcm.device, dcm.dtype) / 255
+    for i in range(0, len(clips), GENERATE_BATCH):
+        video = torch.from_numpy(clips[i : i + GENERATE_BATCH]).to(dcm.device, dcm.dtype) / 255  # (B, F, H, W, 3)
         decoded.append(dcm.decode(dcm.family.encode_video(dcm.pipe, video)))
-    videos = through_mp4(np.concatenate(decoded), dcm.config.default_generation.fps)
-    return summarise([score_video(v, p.attributes) for v, p in zip(videos, prompts)])
+    return np.concatenate(decoded)
 
 
 def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt]) -> torch.Tensor:
@@ -109,11 +166,11 @@ def _run(dcm: DCMPipeline, config: GenerationConfig, batch: Sequence[BenchPrompt
 
 def score_row(
     row: Row, videos: np.ndarray, seconds: dict[str, float], prompts: Sequence[BenchPrompt],
-    reference: np.ndarray | None,
+    reference: np.ndarray | None, world: WorldConfig,
 ) -> RowResult:  # fmt: skip
     """Scores decoded videos against their prompts and (if given) the reference row's videos; ``seconds`` are
     :func:`generate_row`'s timings."""
-    scores = [score_video(v, p.attributes) for v, p in zip(videos, prompts)]
+    scores = [score_video(v, p.attributes, world) for v, p in zip(videos, prompts)]
     metrics = summarise(scores)
     if reference is not None:
         metrics["distance_to_reference"] = float(np.mean([pixel_distance(v, r) for v, r in zip(videos, reference)]))
@@ -121,14 +178,15 @@ def score_row(
     return RowResult(row=row, metrics=metrics, videos=videos)
 
 
+# (title, key) of the table's columns; an accuracy is printed with its 95 % Wilson interval.
 COLUMNS = (
     ("steps", "steps"),
     ("NFE", "nfe"),
-    ("colour %", "colour_acc"),
-    ("shape %", "shape_acc"),
-    ("direction %", "direction_acc"),
+    *((f"{name} %", f"{name}_acc") for name in ACCURACY_METRICS),
+    ("multi-blob frames %", "multi_blob_frames"),
+    ("hole frames %", "hole_frames"),
+    ("area last / first", "area_growth"),
     ("jitter px", "jitter_px"),
-    ("consistency %", "consistency"),
     ("dist. to teacher-50", "distance_to_reference"),
     ("s / video", "seconds_per_video"),
     ("speed-up", "speedup"),
@@ -137,7 +195,7 @@ COLUMNS = (
 )
 
 
-def table_rows(results: Sequence[RowResult]) -> list[dict[str, float | str]]:
+def table_rows(results: Sequence[RowResult]) -> list[dict]:
     """One dict per row with every column; speed-ups are relative to the first (reference) row, end to end and for
     sampling alone (prompt encoding + denoising, without the VAE decoding every row shares)."""
     reference = results[0].metrics
@@ -150,17 +208,22 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, float | str]]:
     return rows
 
 
-def markdown_table(results: Sequence[RowResult]) -> str:
-    """The comparison as a Markdown table (accuracies and consistency in percent, distances in [0, 1])."""
+def markdown_table(results: Sequence[RowResult], *, chance: dict[str, float], ceiling: dict | None = None) -> str:
+    """The comparison as a Markdown table: a chance-level line, one line per row and (if given) the ceiling's line
+    (ground truth through the VAE and an MP4). Accuracies in percent with [low, high] 95 % intervals."""
     header = "| row | " + " | ".join(title for title, _ in COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(COLUMNS)]
+    lines.append("| chance | " + " | ".join(_format(key, chance.get(key)) for _, key in COLUMNS) + " |")
     for values in table_rows(results):
-        cells = [_format(key, values.get(key)) for _, key in COLUMNS]
+        cells = [_format(key, values.get(key), values.get(f"{key}_ci")) for _, key in COLUMNS]
         lines.append(f"| {values['name']} | " + " | ".join(cells) + " |")
+    if ceiling is not None:
+        cells = [_format(key, ceiling.get(key), ceiling.get(f"{key}_ci")) for _, key in COLUMNS]
+        lines.append("| ceiling: ground truth via VAE + MP4 | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format(key: str, value) -> str:
+def _format(key: str, value, interval: Sequence[float] | None = None) -> str:
     if value is None:
         return "—"
     if key in ("steps", "nfe"):
@@ -171,11 +234,15 @@ def _format(key: str, value) -> str:
         return f"{value:.4f}"
     if key in ("seconds_per_video", "sampling_seconds_per_video"):
         return f"{value:.3f}"
-    return f"{value:.1f}" if np.isfinite(value) else "inf"
+    if key == "area_growth":
+        return f"{value:.2f}"
+    text = f"{value:.1f}" if np.isfinite(value) else "inf"
+    return f"{text} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval is not None else text
 
 
-def chart(results: Sequence[RowResult], path: str) -> None:
-    """A PNG: accuracies per row (grouped bars) and wall time per video, end to end and sampling alone (log)."""
+def chart(results: Sequence[RowResult], path: str, *, chance: dict[str, float]) -> None:
+    """A PNG: accuracies per row (grouped bars with 95 % intervals, chance levels as ticks) and wall time per video,
+    end to end and sampling alone (log)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,14 +252,18 @@ def chart(results: Sequence[RowResult], path: str) -> None:
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
     fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    metrics = (("colour_acc", "colour"), ("shape_acc", "shape"), ("direction_acc", "direction"),
-               ("consistency", "consistency"))  # fmt: skip
-    width = 0.8 / len(metrics)
-    for i, (key, label) in enumerate(metrics):
-        ax_acc.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
+    width = 0.8 / len(ACCURACY_METRICS)
+    for i, name in enumerate(ACCURACY_METRICS):
+        key, offset = f"{name}_acc", (i - (len(ACCURACY_METRICS) - 1) / 2) * width
+        values = np.array([r[key] for r in rows])
+        errors = np.abs(np.array([r[f"{key}_ci"] for r in rows]).T - values)  # (2, rows)
+        bars = ax_acc.bar(x + offset, values, width, yerr=errors, capsize=1.5, label=name)
+        if key in chance:
+            ax_acc.hlines([chance[key]] * len(rows), x + offset - width / 2, x + offset + width / 2,
+                          colors=bars.patches[0].get_facecolor(), linestyles="dotted")  # fmt: skip
     ax_acc.set_ylabel("percent")
     ax_acc.set_ylim(0, 105)
-    ax_acc.set_title("ShapesBench (higher is better)")
+    ax_acc.set_title("ShapesBench (higher is better; dotted: chance)")
     ax_acc.legend(loc="lower left", fontsize=8)
     ax_time.bar(x - 0.2, [r["seconds_per_video"] for r in rows], 0.4, color="tab:gray", label="end to end")
     ax_time.bar(x + 0.2, [r["sampling_seconds_per_video"] for r in rows], 0.4, color="tab:olive",

@@ -22,6 +22,7 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (dy, dx) per frame unit
 SIZES = {"small": 0.18, "large": 0.30}  # object side as a fraction of the frame side
 SPEEDS = {"slowly": 0.5, "": 1.0}  # pixels per frame, as a fraction of `pixels_per_frame`
+MIN_SIDE = 4  # smallest object side in pixels, whatever the frame size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,12 +119,26 @@ def sample_attributes(rng: np.random.Generator, config: WorldConfig) -> Attribut
     )  # fmt: skip
 
 
+def object_side(size: str, config: WorldConfig) -> int:
+    """Side in pixels of the square an object of this size word is drawn in."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
+    return max(MIN_SIDE, int(round(SIZES[size] * config.size)))
+
+
+def object_speed(speed: str, config: WorldConfig) -> float:
+    """Pixels per frame of an object moving at this speed word ("" is normal pace)."""
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
+    return config.pixels_per_frame * SPEEDS[speed]
+
+
 def render(attributes: Attributes, config: WorldConfig, rng: np.random.Generator) -> Clip:
     """Renders a clip of the given attributes; start position and background come from ``rng``."""
     n, f = config.size, config.num_frames
-    side = max(4, int(round(SIZES[attributes.size] * n)))
+    side = object_side(attributes.size, config)
     mask = shape_mask(attributes.shape, side)
-    speed = config.pixels_per_frame * SPEEDS[attributes.speed]
+    speed = object_speed(attributes.speed, config)
     dy, dx = DIRECTIONS[attributes.direction]
     travel = speed * (f - 1)
     # Start so that the whole path stays inside the frame.
@@ -144,6 +159,11 @@ def render(attributes: Attributes, config: WorldConfig, rng: np.random.Generator
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
         trajectory[t] = (top + side / 2, left + side / 2)
     return Clip(frames=frames, attributes=attributes, trajectory=trajectory)
+
+
+def clip_of(attributes: Attributes, seed: int, config: WorldConfig) -> Clip:
+    """A clip of the given attributes, its layout and background deterministic from ``seed``."""
+    return render(attributes, config, np.random.default_rng(seed))
 
 
 def make_clip(seed: int, config: WorldConfig | None = None) -> Clip:

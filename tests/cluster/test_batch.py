@@ -55,7 +55,7 @@ def test_local_run_bad_rows_escaping_ids_and_rerun(ray_cluster, tmp_path):
     assert "num_frames must be 4*n + 1" in errors["frames"] and "got 10" in errors["frames"]
     assert "height must be a multiple of 8, got 36" in errors["size"]
     assert "seed must be an integer" in errors["seed"] and "-3" in errors["seed"]
-    assert "num_inference_steps must be <= 8, got 50" in errors["steps"]
+    assert "num_inference_steps must be an integer in [1, 8], got 50" in errors["steps"]
 
     # Every ok row: an MP4 of the asked shape at its URI, inside the output folder.
     for row in GOOD + ESCAPING:

@@ -24,8 +24,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 import dcm
-from dcm.cluster.generator import GeneratorLimits, VideoGenerator
 from dcm.config import to_dict
+from dcm.generation import RequestLimits, VideoGenerator
 from dcm.io.storage import Store
 from dcm.manifest import (
     RESULT_SCHEMA,
@@ -81,7 +81,7 @@ class BatchConfig:
     max_actor_restarts: int = 3
     endpoint_url: str | None = None
     gallery: bool = True
-    limits: GeneratorLimits = field(default_factory=GeneratorLimits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     fault_crash_after_rows: int | None = None
     fault_marker_dir: str | None = None
 
@@ -170,11 +170,12 @@ class GenerateAndWrite:
                 request = parse_row(row, self.config.defaults, self.config.limits)
                 if request.id in self.duplicate_ids:
                     raise ValueError(f"id {request.id!r} appears more than once in the manifest")
-                gen = self.generator.resolve(request)
+                resolved = self.generator.resolve(request)
             except (ValueError, TypeError) as err:
                 results[i] = self._result(row, status=STATUS_ERROR, error=str(err))
                 continue
             row = {**row, "id": request.id, "seed": request.seed, "negative_prompt": request.negative_prompt}
+            gen = resolved.config
             params = {
                 "num_frames": gen.num_frames, "height": gen.height, "width": gen.width,
                 "num_inference_steps": gen.num_inference_steps, "fps": gen.fps,
@@ -184,7 +185,7 @@ class GenerateAndWrite:
                 size = self.store.size(key)
                 results[i] = self._result(row, **params, uri=self.store.uri(key), bytes=size, status=STATUS_SKIPPED)
                 continue
-            pending.append((i, row, params, key, request))
+            pending.append((i, row, params, key, resolved))
         for (i, row, params, key, _), video in zip(pending, self.generator.generate([p[-1] for p in pending])):
             if not video.ok:
                 results[i] = self._result(row, **params, status=STATUS_ERROR, error=video.error)

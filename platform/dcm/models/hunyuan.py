@@ -158,12 +158,18 @@ class HunyuanFamily:
         self.prompt_template = prompt_template
 
     def geometry(self, pipe: HunyuanVideoPipeline) -> VideoGeometry:
-        cfg = pipe.transformer.config
+        return self.geometry_from_configs(pipe.transformer.config, pipe.vae.config)
+
+    @staticmethod
+    def geometry_from_configs(transformer_config, vae_config) -> VideoGeometry:
+        """From the ``transformer/config.json`` and ``vae/config.json`` contents; HunyuanVideo's rotary embedding is
+        computed for any grid, so the model sets no size limit."""
+        cfg = transformer_config
         return VideoGeometry(
-            scale_factor_temporal=pipe.vae.config.temporal_compression_ratio,
-            scale_factor_spatial=pipe.vae.config.spatial_compression_ratio,
-            patch_size=(cfg.patch_size_t, cfg.patch_size, cfg.patch_size),
-            latent_channels=cfg.in_channels,
+            scale_factor_temporal=vae_config["temporal_compression_ratio"],
+            scale_factor_spatial=vae_config["spatial_compression_ratio"],
+            patch_size=(cfg["patch_size_t"], cfg["patch_size"], cfg["patch_size"]),
+            latent_channels=cfg["in_channels"],
         )
 
     def _template(self, pipe: HunyuanVideoPipeline) -> dict:

@@ -102,11 +102,17 @@ class WanFamily:
 
     def geometry(self, pipe: WanPipeline) -> VideoGeometry:
         transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        return self.geometry_from_configs(transformer.config, pipe.vae.config)
+
+    @staticmethod
+    def geometry_from_configs(transformer_config, vae_config) -> VideoGeometry:
+        """From the ``transformer/config.json`` and ``vae/config.json`` contents (dicts or diffusers configs)."""
         return VideoGeometry(
-            scale_factor_temporal=pipe.vae.config.scale_factor_temporal,
-            scale_factor_spatial=pipe.vae.config.scale_factor_spatial,
-            patch_size=tuple(transformer.config.patch_size),
-            latent_channels=transformer.config.in_channels,
+            scale_factor_temporal=vae_config["scale_factor_temporal"],
+            scale_factor_spatial=vae_config["scale_factor_spatial"],
+            patch_size=tuple(transformer_config["patch_size"]),
+            latent_channels=transformer_config["in_channels"],
+            max_positions=transformer_config["rope_max_seq_len"],  # WanRotaryPosEmbed's table length per axis
         )
 
     def encode_prompts(self, pipe: WanPipeline, prompts: list[str], *, max_sequence_length: int) -> dict[str, Tensor]:

@@ -1,7 +1,4 @@
-"""The endpoint's non-Ray parts: settings, request/response models, auth and error mapping.
-
-``serve/app.py`` wraps these in a Ray Serve deployment; everything here is testable without Ray.
-"""
+"""The endpoint's schemas: settings, request/response models, auth and error mapping (testable without Ray)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dcm.cluster.generator import GeneratorLimits
+from dcm.generation import RequestLimits
 from dcm.presets import DEFAULT_MODEL
 
 MP4_MEDIA_TYPE = "video/mp4"
@@ -37,14 +34,14 @@ class ServeSettings:
     model: str = DEFAULT_MODEL
     storage: str = "outputs/serve"
     auth_token_env: str = "DCM_API_TOKEN"
-    limits: GeneratorLimits = field(default_factory=GeneratorLimits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     device: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ServeSettings:
         data = dict(data or {})
         if "limits" in data:
-            data["limits"] = GeneratorLimits(**data["limits"])
+            data["limits"] = RequestLimits(**data["limits"])
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown serve settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")

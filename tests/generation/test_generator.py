@@ -2,7 +2,7 @@
 
 import pytest
 
-from dcm.cluster.generator import GeneratorLimits, VideoGenerator, VideoRequest, check_request
+from dcm.generation import RequestLimits, VideoGenerator, VideoRequest, check_request
 from dcm.io.video import decode_mp4
 
 
@@ -44,16 +44,16 @@ def test_same_seed_same_video_batched_or_not(generator):
         ({"prompt": "x" * 3000}, "prompt must be at most"),
         ({"seed": -5}, "seed must be an integer"),
         ({"seed": True}, "seed must be an integer"),
-        ({"num_frames": 1000}, "num_frames must be <= 129"),
-        ({"height": "64"}, "height must be a positive integer"),
-        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
+        ({"num_frames": 1000}, r"num_frames must be an integer in \[1, 129\]"),
+        ({"height": "64"}, "height must be an integer in"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be an integer in \[1, 8\]"),
         ({"guidance_scale": 0.2}, "guidance_scale must be a number"),
     ],
 )
 def test_request_checks_name_field_and_value(changes, match):
     request = VideoRequest(**{"id": "r", "prompt": "ok", "seed": 0, **changes})
     with pytest.raises(ValueError, match=match):
-        check_request(request, GeneratorLimits())
+        check_request(request, RequestLimits())
 
 
 def test_steps_outside_dcm_schedule_are_request_errors(generator):

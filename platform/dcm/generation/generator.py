@@ -1,0 +1,147 @@
+"""``VideoGenerator``: the one generator class behind the batch job's Ray Data actors and the Serve replicas.
+
+It loads a model once, resolves requests against the operator's and the model's limits (:mod:`.requests`), groups
+compatible requests (same frames, size, steps, guidance) into one sampler call, and returns MP4 bytes per request.
+A failure while generating or encoding a group is retried request by request, so a request that fails alone becomes
+an error result and its batch-mates still get their videos. It imports no Ray: the batch job and the endpoint wrap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dcm.config import FieldError, GenerationConfig
+from dcm.generation.requests import ModelLimits, RequestLimits, ResolvedRequest, VideoRequest, resolve_request
+from dcm.io.model_folder import load_pipeline
+from dcm.io.video import encode_mp4
+from dcm.pipeline import DCMPipeline
+
+logger = logging.getLogger(__name__)
+
+# Called after each sampler step of a group: (ids of the group's requests, steps done, steps in all).
+StepCallback = Callable[[list[str], int, int], None]
+
+
+@dataclass(kw_only=True)
+class VideoResult:
+    """The outcome for one request: MP4 bytes, or an error naming the cause (``error_field`` when a field is bad)."""
+
+    id: str
+    mp4: bytes | None = None
+    error: str | None = None
+    error_field: str | None = None
+    seconds: float = 0.0
+    batch_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def model_limits(pipeline: DCMPipeline) -> ModelLimits:
+    """The loaded model's own limits (geometry, defaults, and the DCM grid when its schedule is the DCM rule)."""
+    dcm_schedule = pipeline.is_dual_expert or pipeline.grid.is_single_expert
+    return ModelLimits(
+        geometry=pipeline.geometry,
+        defaults=pipeline.config.default_generation,
+        schedule=pipeline.config.schedule if dcm_schedule else None,
+    )
+
+
+class VideoGenerator:
+    """Loads a model once and turns requests into MP4s.
+
+    Args:
+        model: preset name, local or ``s3://`` model folder, or hub id (see :func:`load_pipeline`).
+        device: ``cuda``, ``cpu`` or None (CUDA when available).
+        dtype: ``bfloat16`` on GPU by default, ``float32`` on CPU.
+        limits: the operator's request limits.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        limits: RequestLimits | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        start = time.perf_counter()
+        self.model_id = model
+        self.pipeline = load_pipeline(model, device=device, dtype=dtype, endpoint_url=endpoint_url)
+        self.limits = limits or RequestLimits()
+        self.model_limits = model_limits(self.pipeline)
+        logger.info("loaded model %s on %s (%s) in %.2f s", model, device, dtype, time.perf_counter() - start)
+
+    @property
+    def defaults(self) -> GenerationConfig:
+        return self.pipeline.config.default_generation
+
+    def resolve(self, request: VideoRequest) -> ResolvedRequest:
+        """Validates a request and fills in the model's defaults; raises FieldError naming a bad field."""
+        return resolve_request(request, limits=self.limits, model=self.model_limits)
+
+    def generate(
+        self, requests: Sequence[VideoRequest | ResolvedRequest], *, on_step: StepCallback | None = None
+    ) -> list[VideoResult]:
+        """One result per request, in order. Invalid requests and requests that fail alone come back with ``error``."""
+        results: dict[int, VideoResult] = {}
+        groups: dict[GenerationConfig, list[tuple[int, ResolvedRequest]]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            try:
+                resolved = request if isinstance(request, ResolvedRequest) else self.resolve(request)
+            except FieldError as err:
+                results[i] = VideoResult(id=request.id, error=str(err), error_field=err.field)
+                continue
+            groups[resolved.config].append((i, resolved))
+        for config, group in groups.items():
+            for (i, _), result in zip(group, self._generate_isolated(config, [r for _, r in group], on_step)):
+                results[i] = result
+        return [results[i] for i in range(len(requests))]
+
+    def _generate_isolated(
+        self, config: GenerationConfig, group: list[ResolvedRequest], on_step: StepCallback | None
+    ) -> list[VideoResult]:
+        """The group in one sampler call; if that fails, each request alone, so only the failing one errs."""
+        try:
+            return self._generate_group(config, group, on_step)
+        except Exception as err:  # a request's content must never cost its batch-mates their videos
+            if len(group) == 1:
+                logger.exception("generation failed for %s", group[0].id)
+                return [VideoResult(id=group[0].id, error=f"generation failed: {type(err).__name__}: {err}")]
+            logger.warning("a group of %d failed (%s: %s); retrying one by one", len(group), type(err).__name__, err)
+        return [self._generate_isolated(config, [request], on_step)[0] for request in group]
+
+    def _generate_group(
+        self, config: GenerationConfig, group: list[ResolvedRequest], on_step: StepCallback | None
+    ) -> list[VideoResult]:
+        start = time.perf_counter()
+        ids = [r.id for r in group]
+        callback = None
+        if on_step is not None:
+            total = config.num_inference_steps if config.sigmas is None else len(config.sigmas)
+
+            def callback(info: dict) -> None:
+                on_step(ids, info["i"] + 1, total)
+
+        negatives = [r.negative_prompt or "" for r in group] if config.guidance_scale > 1.0 else None
+        frames = self.pipeline.generate(
+            [r.prompt for r in group], seeds=[r.seed for r in group], config=config, negative_prompts=negatives,
+            callback=callback,
+        )  # fmt: skip
+        videos = [encode_mp4(f, fps=config.fps) for f in frames]
+        per_video = (time.perf_counter() - start) / len(group)
+        logger.info(
+            "generated %d video(s) %dx%dx%d in %d steps, %.3f s each",
+            len(group), config.num_frames, config.height, config.width, config.num_inference_steps, per_video,
+        )  # fmt: skip
+        return [VideoResult(id=r.id, mp4=v, seconds=per_video, batch_size=len(group)) for r, v in zip(group, videos)]
