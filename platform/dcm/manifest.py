@@ -22,8 +22,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from dcm.generation import RequestLimits, VideoRequest, check_request
 from dcm.io.storage import safe_name
 
@@ -32,31 +30,6 @@ OPTIONAL_INT_COLUMNS = ("seed", "num_frames", "height", "width", "num_inference_
 OPTIONAL_STR_COLUMNS = ("id", "negative_prompt")
 KNOWN_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_INT_COLUMNS + OPTIONAL_STR_COLUMNS
 ID_HASH_CHARS = 16
-STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
-
-RESULT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("negative_prompt", pa.string()),
-        ("num_frames", pa.int64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("num_inference_steps", pa.int64()),
-        ("fps", pa.int64()),
-        ("uri", pa.string()),
-        ("bytes", pa.int64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("seconds", pa.float64()),
-        ("batch_size", pa.int64()),
-        ("model", pa.string()),
-        ("model_version", pa.string()),
-    ]
-)
-
-
 @dataclass(frozen=True, kw_only=True)
 class JobDefaults:
     """Job-level values for optional columns; None leaves the model's own default."""

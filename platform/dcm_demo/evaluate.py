@@ -23,8 +23,8 @@ vocabulary (:func:`chance_levels`). Pure numpy; no I/O.
 from __future__ import annotations
 
 from collections import Counter
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view

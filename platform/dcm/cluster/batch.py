@@ -27,18 +27,10 @@ import dcm
 from dcm.config import to_dict
 from dcm.generation import RequestLimits, VideoGenerator
 from dcm.io.storage import Store
-from dcm.manifest import (
-    RESULT_SCHEMA,
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_SKIPPED,
-    JobDefaults,
-    check_columns,
-    output_key,
-    parse_row,
-)
+from dcm.manifest import JobDefaults, check_columns, output_key, parse_row
 from dcm.pages.gallery import GalleryItem, RunSummary, render_gallery
 from dcm.presets import DEFAULT_MODEL
+from dcm.results import RESULT_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ Weights are read with safetensors only (diffusers' ``use_safetensors=True``); no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from dcm.config import DCMModelConfig, model_config_from_dict, to_dict
 from dcm.experts import DETAIL, SEMANTIC, DualExpertTransformer, TwoTransformerRouter
-from dcm.io.storage import Store, is_s3
+from dcm.io.model_cache import localise
 from dcm.models import family_of, get_family
 from dcm.pipeline import DCMPipeline
 from dcm.presets import PRESETS, get_preset
@@ -38,11 +37,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "dcm_config.json"
 DETAIL_DIR = "detail_expert"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-MODEL_CACHE_ENV = "DCM_MODEL_CACHE"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(MODEL_CACHE_ENV, Path.home() / ".cache" / "dcm" / "models"))
 
 
 def load_pipeline(
@@ -69,29 +63,11 @@ def load_pipeline(
         if source in PRESETS:
             preset = PRESETS[source]
             source = str(preset.folder) if preset.folder is not None else preset.hub_id
-        local = _localise(source, endpoint_url)
+        local = localise(source, endpoint_url)
         dcm = _load_folder(local, dtype=dtype)  # diffusers keeps its fp32-sensitive modules in fp32
     if device is not None:
         dcm.to(device)
     return dcm
-
-
-def _localise(source: str, endpoint_url: str | None) -> str:
-    """An s3:// folder is downloaded once into the cache; anything else is returned as is."""
-    if not is_s3(source):
-        if not Path(source).exists() and ("/" not in source or source.startswith((".", "/"))):
-            raise FileNotFoundError(
-                f"model {source!r} is neither a preset ({sorted(PRESETS)}), an existing folder, an s3:// URI "
-                f"nor a hub id (owner/name)"
-            )
-        return source
-    target = default_cache_dir() / hashlib.sha256(source.encode()).hexdigest()[:16]
-    if not (target / "model_index.json").exists():
-        logger.info("downloading %s to %s", source, target)
-        Store(source, endpoint_url).download_to(target)
-        if not (target / "model_index.json").exists():
-            raise FileNotFoundError(f"{source} has no model_index.json: not a diffusers/DCM model folder")
-    return str(target)
 
 
 def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
