@@ -28,7 +28,7 @@ def test_parquet_types_are_accepted():
 @pytest.mark.parametrize(
     "row, match",
     [
-        ({"prompt": None}, "prompt must be a string, got None"),
+        ({"prompt": None}, "prompt must be a non-empty string, got None"),
         ({"prompt": ""}, "prompt must be a non-empty string"),
         ({"prompt": "p", "seed": -1}, "seed must be an integer in"),
         ({"prompt": "p", "seed": "abc"}, "seed must be an integer, got 'abc'"),

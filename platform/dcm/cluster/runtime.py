@@ -32,12 +32,16 @@ def forwarded_env() -> dict[str, str]:
 
 
 def set_loopback_env() -> None:
-    """Puts :data:`LOOPBACK_ENV` into the environment; call it before anything imports ``ray``."""
+    """Puts :data:`LOOPBACK_ENV` into the environment (over any other value); call it before anything imports
+    ``ray``. Ray's own processes (GCS, raylet, workers) inherit it."""
     for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
+        if os.environ.get(key, value) != value:
+            logger.warning("%s=%s would expose a local Ray on the network; using %s", key, os.environ[key], value)
+        os.environ[key] = value
 
 
-def _loopback_effective() -> bool:
+def loopback_effective() -> bool:
+    """True when the environment holds :data:`LOOPBACK_ENV` (what an ``import ray`` now would read)."""
     return all(os.environ.get(k) == v for k, v in LOOPBACK_ENV.items())
 
 
@@ -51,7 +55,8 @@ def init_ray(address: str | None = None, *, num_cpus: float | None = None, num_g
         RuntimeError: a local Ray would start after ``ray`` was imported without the loopback setting.
     """
     address = address or os.environ.get("RAY_ADDRESS")
-    ray_imported_before = "ray" in sys.modules
+    # What an already imported ray read: judged before this call changes the environment.
+    imported_with_loopback = "ray" not in sys.modules or loopback_effective()
     if not address:
         set_loopback_env()
     import ray
@@ -63,7 +68,7 @@ def init_ray(address: str | None = None, *, num_cpus: float | None = None, num_g
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return True
-    if ray_imported_before and not _loopback_effective():
+    if not imported_with_loopback:
         raise RuntimeError(
             "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a local Ray would listen on "
             "the machine's network interfaces; set it in the environment (or call dcm.cluster.runtime."

@@ -14,18 +14,21 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dcm.config import FieldError, GenerationConfig
-from dcm.generation.requests import ModelLimits, RequestLimits, ResolvedRequest, VideoRequest, resolve_request
+from dcm.generation.model_limits import model_limits
+from dcm.generation.requests import RequestLimits, ResolvedRequest, VideoRequest, resolve_request, show
 from dcm.io.model_folder import load_pipeline
 from dcm.io.video import encode_mp4
-from dcm.pipeline import DCMPipeline
 
 logger = logging.getLogger(__name__)
 
 # Called after each sampler step of a group: (ids of the group's requests, steps done, steps in all).
 StepCallback = Callable[[list[str], int, int], None]
+# An error result quotes at most this much of the exception's message (tracebacks go to the log).
+ERROR_MESSAGE_CHARS = 300
 
 
 @dataclass(kw_only=True)
@@ -44,14 +47,11 @@ class VideoResult:
         return self.error is None
 
 
-def model_limits(pipeline: DCMPipeline) -> ModelLimits:
-    """The loaded model's own limits (geometry, defaults, and the DCM grid when its schedule is the DCM rule)."""
-    dcm_schedule = pipeline.is_dual_expert or pipeline.grid.is_single_expert
-    return ModelLimits(
-        geometry=pipeline.geometry,
-        defaults=pipeline.config.default_generation,
-        schedule=pipeline.config.schedule if dcm_schedule else None,
-    )
+def describe(err: BaseException) -> str:
+    """``Type: first line of the message``, cut to :data:`ERROR_MESSAGE_CHARS` characters."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= ERROR_MESSAGE_CHARS else f"{text[:ERROR_MESSAGE_CHARS]}..."
 
 
 class VideoGenerator:
@@ -62,6 +62,10 @@ class VideoGenerator:
         device: ``cuda``, ``cpu`` or None (CUDA when available).
         dtype: ``bfloat16`` on GPU by default, ``float32`` on CPU.
         limits: the operator's request limits.
+        endpoint_url: S3-compatible endpoint for an ``s3://`` model.
+
+    :meth:`sample` (one sampler call per group) and :meth:`encode` (one MP4 per request) are the two steps a
+    request can fail in; a subclass may wrap them (to meter or to inject faults) without touching the isolation.
     """
 
     def __init__(
@@ -93,20 +97,51 @@ class VideoGenerator:
     def generate(
         self, requests: Sequence[VideoRequest | ResolvedRequest], *, on_step: StepCallback | None = None
     ) -> list[VideoResult]:
-        """One result per request, in order. Invalid requests and requests that fail alone come back with ``error``."""
+        """One result per request, in order; never raises for a request's content.
+
+        Invalid requests come back with ``error`` and ``error_field``; compatible valid ones (same frames, size,
+        steps, guidance, fps) share one sampler call; a request that fails alone comes back with ``error`` while
+        the rest of its group still gets videos. ``ResolvedRequest`` items are trusted as they are.
+        """
         results: dict[int, VideoResult] = {}
         groups: dict[GenerationConfig, list[tuple[int, ResolvedRequest]]] = defaultdict(list)
         for i, request in enumerate(requests):
             try:
                 resolved = request if isinstance(request, ResolvedRequest) else self.resolve(request)
             except FieldError as err:
-                results[i] = VideoResult(id=request.id, error=str(err), error_field=err.field)
+                results[i] = VideoResult(id=_result_id(request), error=str(err), error_field=err.field)
+                continue
+            except Exception as err:  # a validation bug must not cost the other requests their videos
+                logger.exception("resolving request %s failed", _result_id(request))
+                results[i] = VideoResult(id=_result_id(request), error=f"invalid request: {describe(err)}")
                 continue
             groups[resolved.config].append((i, resolved))
         for config, group in groups.items():
             for (i, _), result in zip(group, self._generate_isolated(config, [r for _, r in group], on_step)):
                 results[i] = result
         return [results[i] for i in range(len(requests))]
+
+    def sample(
+        self, config: GenerationConfig, group: list[ResolvedRequest], on_step: StepCallback | None = None
+    ) -> np.ndarray:
+        """One sampler call for requests sharing ``config``: (B, F, H, W, 3) uint8 frames, one video per request."""
+        callback = None
+        if on_step is not None:
+            ids = [r.id for r in group]
+            total = config.num_inference_steps if config.sigmas is None else len(config.sigmas)
+
+            def callback(info: dict) -> None:
+                on_step(ids, info["i"] + 1, total)
+
+        negatives = [r.negative_prompt or "" for r in group] if config.guidance_scale > 1.0 else None
+        return self.pipeline.generate(
+            [r.prompt for r in group], seeds=[r.seed for r in group], config=config, negative_prompts=negatives,
+            callback=callback,
+        )  # fmt: skip
+
+    def encode(self, request: ResolvedRequest, frames: np.ndarray) -> bytes:
+        """(F, H, W, 3) uint8 frames of one request -> MP4 bytes at the request's fps."""
+        return encode_mp4(frames, fps=request.config.fps)
 
     def _generate_isolated(
         self, config: GenerationConfig, group: list[ResolvedRequest], on_step: StepCallback | None
@@ -117,31 +152,36 @@ class VideoGenerator:
         except Exception as err:  # a request's content must never cost its batch-mates their videos
             if len(group) == 1:
                 logger.exception("generation failed for %s", group[0].id)
-                return [VideoResult(id=group[0].id, error=f"generation failed: {type(err).__name__}: {err}")]
-            logger.warning("a group of %d failed (%s: %s); retrying one by one", len(group), type(err).__name__, err)
+                return [VideoResult(id=group[0].id, error=f"generation failed: {describe(err)}")]
+            logger.warning("a group of %d failed (%s); retrying one by one", len(group), describe(err))
         return [self._generate_isolated(config, [request], on_step)[0] for request in group]
 
     def _generate_group(
         self, config: GenerationConfig, group: list[ResolvedRequest], on_step: StepCallback | None
     ) -> list[VideoResult]:
+        """Samples the group (an exception here fails the group), then encodes each video on its own."""
         start = time.perf_counter()
-        ids = [r.id for r in group]
-        callback = None
-        if on_step is not None:
-            total = config.num_inference_steps if config.sigmas is None else len(config.sigmas)
-
-            def callback(info: dict) -> None:
-                on_step(ids, info["i"] + 1, total)
-
-        negatives = [r.negative_prompt or "" for r in group] if config.guidance_scale > 1.0 else None
-        frames = self.pipeline.generate(
-            [r.prompt for r in group], seeds=[r.seed for r in group], config=config, negative_prompts=negatives,
-            callback=callback,
-        )  # fmt: skip
-        videos = [encode_mp4(f, fps=config.fps) for f in frames]
-        per_video = (time.perf_counter() - start) / len(group)
+        frames = self.sample(config, group, on_step)
+        sampling = (time.perf_counter() - start) / len(group)
+        results = []
+        for request, video in zip(group, frames):
+            encode_start = time.perf_counter()
+            try:
+                mp4 = self.encode(request, video)
+            except Exception as err:  # one video's encoder failure is that request's error, not its group's
+                logger.exception("encoding failed for %s", request.id)
+                results.append(VideoResult(id=request.id, error=f"encoding failed: {describe(err)}"))
+                continue
+            seconds = sampling + time.perf_counter() - encode_start
+            results.append(VideoResult(id=request.id, mp4=mp4, seconds=seconds, batch_size=len(group)))
         logger.info(
-            "generated %d video(s) %dx%dx%d in %d steps, %.3f s each",
-            len(group), config.num_frames, config.height, config.width, config.num_inference_steps, per_video,
+            "generated %d video(s) %dx%dx%d in %d steps in %.3f s",
+            len(group), config.num_frames, config.height, config.width, config.num_inference_steps,
+            time.perf_counter() - start,
         )  # fmt: skip
-        return [VideoResult(id=r.id, mp4=v, seconds=per_video, batch_size=len(group)) for r, v in zip(group, videos)]
+        return results
+
+
+def _result_id(request: VideoRequest | ResolvedRequest) -> str:
+    """The id a result carries: the request's own when it is a string, else its shown value."""
+    return request.id if isinstance(request.id, str) else show(request.id)

@@ -1,0 +1,240 @@
+"""A model's own limits (:class:`ModelLimits`), from a loaded pipeline or from the model's configs alone.
+
+    limits = model_limits_from_source("s3://bucket/models/dcm-wan")   # reads a few small JSON files, no weights
+    limits = model_limits(pipeline)                                    # the same, from a loaded DCMPipeline
+
+Both give the same value for the same model (the tests check it for every kind of source), so ``--dry-run`` and a
+preflight check refuse exactly what the loaded model would. The configs read are ``model_index.json`` (pipeline
+class, components, ``boundary_ratio``), ``dcm_config.json`` when present, ``transformer/config.json`` (or
+``transformer_2/config.json``) and ``vae/config.json``. A config file may leave out arguments that have defaults
+(older diffusers releases wrote fewer keys); they are filled from the class's signature, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from dcm.config import DCMModelConfig, model_config_from_dict
+from dcm.generation.requests import ModelLimits
+from dcm.io.model_cache import HUB, S3, source_kind
+from dcm.io.storage import Store, s3_error_cause
+from dcm.models import family_of, get_family
+from dcm.presets import PRESETS
+from dcm.schedule import build_grid
+
+MODEL_INDEX = "model_index.json"
+DCM_CONFIG = "dcm_config.json"
+VAE_CONFIG = "vae/config.json"
+
+# Reads one config file of a model: its parsed JSON, or None when the file does not exist.
+ConfigReader = Callable[[str], "dict[str, Any] | None"]
+
+
+def model_limits(pipeline) -> ModelLimits:
+    """The loaded model's own limits (geometry, defaults, text length, and the DCM grid when its schedule is the DCM
+    rule). ``pipeline`` is a :class:`dcm.pipeline.DCMPipeline`."""
+    dcm_schedule = pipeline.is_dual_expert or pipeline.grid.is_single_expert
+    return ModelLimits(
+        geometry=pipeline.geometry,
+        defaults=pipeline.config.default_generation,
+        max_sequence_length=pipeline.max_sequence_length,
+        schedule=pipeline.config.schedule if dcm_schedule else None,
+    )
+
+
+def model_limits_from_source(model: str, endpoint_url: str | None = None) -> ModelLimits:
+    """The limits of ``model`` (preset name, local folder, ``s3://`` folder or hub id) without loading its weights.
+
+    Raises:
+        ValueError: naming the model and the cause (no such folder, bucket or file, wrong credentials, unreachable
+            endpoint, not a diffusers/DCM folder).
+    """
+    if model in PRESETS:
+        preset = PRESETS[model]
+        if preset.build_components is not None:
+            return _tiny_preset_limits(model)
+        source = str(preset.folder) if preset.folder is not None else preset.hub_id
+    else:
+        source = model
+    try:
+        kind = source_kind(source)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    readers = {S3: _s3_reader, HUB: _hub_reader}
+    read = readers.get(kind, _folder_reader)(model, source, endpoint_url)
+    return limits_from_configs(read, name=model)
+
+
+def limits_from_configs(read: ConfigReader, *, name: str) -> ModelLimits:
+    """Limits from a model folder's configs, read through ``read`` (the way the folder loader interprets them)."""
+    index = read(MODEL_INDEX)
+    if index is None:
+        raise ValueError(f"model {name!r} has no {MODEL_INDEX}: not a diffusers/DCM model folder")
+    family_name = family_of(str(index.get("_class_name")))
+    family = get_family(family_name)
+    two_transformers = _has_component(index, "transformer_2")
+    config, dcm_schedule = folder_model_config(family_name, index, read(DCM_CONFIG), two_transformers=two_transformers)
+    transformer_name = "transformer" if _has_component(index, "transformer") else "transformer_2"
+    transformer_config = _full_config(
+        family.transformer_class, _require(read, f"{transformer_name}/config.json", name)
+    )
+    vae_config = _full_config(_diffusers_class(index, "vae", name), _require(read, VAE_CONFIG, name))
+    return ModelLimits(
+        geometry=family.geometry_from_configs(transformer_config, vae_config),
+        defaults=config.default_generation,
+        max_sequence_length=config.max_sequence_length,
+        schedule=config.schedule if dcm_schedule else None,
+    )
+
+
+def folder_model_config(
+    family: str, index: dict[str, Any], dcm_config: dict[str, Any] | None, *, two_transformers: bool
+) -> tuple[DCMModelConfig, bool]:
+    """(the folder's DCM config, whether it samples with the DCM schedule), as :mod:`dcm.io.model_folder` loads it.
+
+    * two transformers (a Wan2.2-style folder, e.g. our export): routed by sigma; the boundary comes from
+      ``dcm_config.json``, else from ``boundary_ratio`` (the grid index whose boundary is closest to it);
+    * no ``dcm_config.json``: a plain teacher with its family's paper config (the teacher schedule);
+    * ``dcm_config.json`` with a detail expert (or a single-expert grid): the DCM schedule.
+    """
+    if two_transformers:
+        if dcm_config is not None:
+            return model_config_from_dict(dcm_config), True
+        base = _teacher_config(family)
+        ratio = index.get("boundary_ratio")
+        if ratio is None:
+            raise ValueError(f"a {family} folder with transformer_2 needs boundary_ratio in {MODEL_INDEX}, got None")
+        k = min(
+            range(1, base.schedule.num_grid_steps),
+            key=lambda i: abs(build_grid(replace(base.schedule, boundary_index=i)).boundary_ratio - ratio),
+        )
+        return replace(base, schedule=replace(base.schedule, boundary_index=k), detail=None), True
+    config = _teacher_config(family) if dcm_config is None else model_config_from_dict(dcm_config)
+    if config.family != family:
+        raise ValueError(f"{DCM_CONFIG} says family {config.family!r} but the pipeline is a {family!r} pipeline")
+    dual = dcm_config is not None and config.detail is not None
+    return config, dual or config.schedule.boundary_index == 0
+
+
+def _teacher_config(family: str) -> DCMModelConfig:
+    """The paper's config for a real teacher of this family (from the real-checkpoint preset)."""
+    for preset in PRESETS.values():
+        if preset.hub_id is not None and preset.config.family == family:
+            return preset.config
+    raise ValueError(f"no preset for family {family!r}")
+
+
+def _tiny_preset_limits(name: str) -> ModelLimits:
+    """A tiny preset exists only as a builder: its (random, kB-sized) components are built for their configs."""
+    preset = PRESETS[name]
+    family = get_family(preset.config.family)
+    components = preset.build_components()
+    geometry = family.geometry_from_configs(components["transformer"].config, components["vae"].config)
+    return ModelLimits(
+        geometry=geometry,
+        defaults=preset.config.default_generation,
+        max_sequence_length=preset.config.max_sequence_length,
+        schedule=preset.config.schedule,  # loaded with a detail expert: the DCM schedule
+    )
+
+
+def _has_component(index: dict[str, Any], name: str) -> bool:
+    value = index.get(name)
+    return isinstance(value, list) and len(value) == 2 and all(v is not None for v in value)
+
+
+def _diffusers_class(index: dict[str, Any], component: str, name: str) -> type:
+    import diffusers
+
+    library, class_name = (index.get(component) or [None, None])[:2]
+    cls = getattr(diffusers, str(class_name), None) if library == "diffusers" else None
+    if not isinstance(cls, type) or not hasattr(cls, "load_config"):
+        raise ValueError(
+            f"model {name!r}: {MODEL_INDEX} names {component} {[library, class_name]}, not a diffusers class"
+        )
+    return cls
+
+
+def _full_config(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The config a loaded component would have: the class's defaults overlaid by the file (as register_to_config)."""
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    return defaults | {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _require(read: ConfigReader, filename: str, name: str) -> dict[str, Any]:
+    data = read(filename)
+    if data is None:
+        raise ValueError(f"model {name!r} has no {filename}")
+    return data
+
+
+def _parse(text: bytes | str, filename: str, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"model {name!r}: {filename} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"model {name!r}: {filename} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _folder_reader(name: str, folder: str, endpoint_url: str | None) -> ConfigReader:
+    if not Path(folder).is_dir():
+        raise ValueError(f"model {name!r}: {folder} is not a folder")
+
+    def read(filename: str) -> dict[str, Any] | None:
+        path = Path(folder, filename)
+        return _parse(path.read_bytes(), filename, name) if path.is_file() else None
+
+    return read
+
+
+def _s3_reader(name: str, uri: str, endpoint_url: str | None) -> ConfigReader:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    store = Store(uri, endpoint_url)
+
+    def read(filename: str) -> dict[str, Any] | None:
+        try:
+            return _parse(store.get_bytes(filename), filename, name)
+        except (ClientError, BotoCoreError) as err:
+            code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404"):
+                return None
+            raise ValueError(f"model {name!r}: {s3_error_cause(err, store.uri(filename))}") from err
+
+    return read
+
+
+def _hub_reader(name: str, repo_id: str, endpoint_url: str | None) -> ConfigReader:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    def read(filename: str) -> dict[str, Any] | None:
+        try:
+            path = hf_hub_download(repo_id, filename)
+        except (EntryNotFoundError, LocalEntryNotFoundError) as err:
+            if filename == MODEL_INDEX:
+                raise ValueError(
+                    f"model {name!r}: cannot read {repo_id}/{MODEL_INDEX} from the hub or its local cache "
+                    f"({_first_line(err)})"
+                ) from err
+            return None  # optional files (dcm_config.json) are absent from plain diffusers repositories
+        except (HfHubHTTPError, OSError, ValueError) as err:
+            raise ValueError(
+                f"model {name!r}: cannot read {repo_id}/{filename} from the hub ({_first_line(err)})"
+            ) from err
+        return _parse(Path(path).read_bytes(), filename, name)
+
+    return read
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
