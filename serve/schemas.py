@@ -1,8 +1,13 @@
-"""The endpoint's schemas: settings, request/response models, auth and error mapping (testable without Ray)."""
+"""The endpoint's settings, its request and response models, its error shape and auth (all testable without Ray).
+
+The models follow OpenAI's video-jobs API (``/v1/videos``), which the ``openai`` SDKs, SGLang, vLLM-Omni and API
+gateways speak; our own generation fields ride along as extra body fields and extra job fields.
+"""
 
 from __future__ import annotations
 
 import hmac
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -13,10 +18,50 @@ from dcm.generation import RequestLimits
 from dcm.presets import DEFAULT_MODEL
 
 MP4_MEDIA_TYPE = "video/mp4"
-# Request bodies above this size get 413 (a request is a small JSON object; prompts are capped far below this).
+# Request bodies above this size get 413 (a request is a small form; prompts are capped far below this).
 MAX_BODY_BYTES = 16 * 1024
 # Generation-latency histogram buckets (seconds): tiny CPU models take ~0.1 s, real GPU models tens of seconds.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Seconds a client is told to wait (Retry-After) when the job queue or Serve's request queue is full.
+RETRY_AFTER_S = 1
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed"]
+TERMINAL_STATUSES = ("completed", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSettings:
+    """How a replica holds video jobs (``args.jobs`` in ``serve_config.yaml``).
+
+    Args:
+        max_jobs: jobs one replica holds at once (queued and in progress, sync calls included); past it, creating
+            a job answers 503 with ``Retry-After``.
+        lease_s: a replica renews the lease of each job it holds every ``lease_s / 3``; a job whose lease is
+            ``lease_s`` old (its replica died) is taken up by the next replica that sees it.
+        sweep_interval_s: how often each replica looks for such jobs (a poll of the job also triggers the look),
+            so a dead replica's job is running again within ``lease_s + sweep_interval_s``.
+        max_attempts: a job whose replica died this many times is failed with the reason instead of retried.
+    """
+
+    max_jobs: int = 16
+    lease_s: float = 30.0
+    sweep_interval_s: float = 5.0
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("max_jobs", "max_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"jobs.{name} must be a positive integer, got {value!r}")
+        for name in ("lease_s", "sweep_interval_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"jobs.{name} must be a positive number of seconds, got {value!r}")
+
+    @property
+    def recovery_bound_s(self) -> float:
+        """Longest time a job of a dead replica waits before another replica takes it up."""
+        return self.lease_s + self.sweep_interval_s
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,9 +70,10 @@ class ServeSettings:
 
     Args:
         model: preset, DCM folder, ``s3://`` folder or hub id.
-        storage: where ``response=url`` stores videos (local folder or ``s3://bucket/prefix``).
+        storage: where jobs and their videos live (local folder or ``s3://bucket/prefix``), shared by all replicas.
         auth_token_env: name of the environment variable holding the bearer token; auth is on iff it is set.
         limits: request limits (prompt length, frames, size, steps).
+        jobs: job queue bound, lease and recovery.
         device: ``cuda`` / ``cpu`` / None (CUDA when available).
     """
 
@@ -35,16 +81,22 @@ class ServeSettings:
     storage: str = "outputs/serve"
     auth_token_env: str = "DCM_API_TOKEN"
     limits: RequestLimits = field(default_factory=RequestLimits)
+    jobs: JobSettings = field(default_factory=JobSettings)
     device: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ServeSettings:
         data = dict(data or {})
-        if "limits" in data:
-            data["limits"] = RequestLimits(**data["limits"])
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown serve settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        for name, kind in (("limits", RequestLimits), ("jobs", JobSettings)):
+            if name in data:
+                known = set(kind.__dataclass_fields__)
+                extra = set(data[name]) - known
+                if extra:
+                    raise ValueError(f"unknown {name} settings {sorted(extra)}; known: {sorted(known)}")
+                data[name] = kind(**data[name])
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -56,7 +108,7 @@ class BatchingSettings:
     """Runtime knobs (``user_config``, applied by ``reconfigure`` without restarting replicas)."""
 
     max_batch_size: int = 4
-    batch_wait_timeout_s: float = 0.05
+    batch_wait_timeout_s: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -65,47 +117,138 @@ class BatchingSettings:
             raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
 
 
-class VideoCreate(BaseModel):
-    """``POST /v1/videos`` body. Unset fields take the model's defaults; the seed defaults to 0."""
+# -- requests ---------------------------------------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+
+class VideoCreate(BaseModel):
+    """``POST /v1/videos`` (and ``/v1/videos/sync``) body, JSON or form fields.
+
+    OpenAI's fields (``prompt``, ``model``, ``seconds``, ``size``) plus ours; unset fields take the model's defaults.
+    ``seconds`` and ``num_frames`` are two ways to ask for a length (give one); ``size`` and ``width``/``height``
+    two ways to ask for a size.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(description="the text prompt")
-    negative_prompt: str | None = Field(default=None, description="used only with guidance > 1")
-    seed: int = Field(default=0, ge=0, description="same seed and parameters give the same video")
-    num_frames: int | None = Field(default=None, description="4n + 1")
+    model: str | None = Field(default=None, description="the served model's id (the only one accepted)")
+    seconds: str | int | float | None = Field(
+        default=None,
+        description='clip length, e.g. "4": seconds x fps frames, rounded to the nearest frame count 4n + 1',
+    )
+    size: str | None = Field(default=None, description='"WIDTHxHEIGHT", e.g. "64x64"')
+    seed: int | None = Field(default=None, description="same seed and parameters give the same video (default 0)")
+    negative_prompt: str | None = Field(default=None, description="used only with guidance_scale > 1")
+    num_inference_steps: int | None = None
+    num_frames: int | None = Field(default=None, description="4n + 1 frames (instead of seconds)")
     height: int | None = None
     width: int | None = None
-    num_inference_steps: int | None = None
-    fps: int | None = None
-    response: Literal["mp4", "url"] = Field(default="mp4", description="mp4: the bytes; url: store and return JSON")
+    fps: int | None = Field(default=None, description="frame rate written into the MP4")
+    guidance_scale: float | None = Field(default=None, description="classifier-free guidance; 1 = none")
 
 
-class VideoStored(BaseModel):
-    """Response of ``response=url``."""
+INT_FIELDS = ("seed", "num_inference_steps", "num_frames", "height", "width", "fps")
+FLOAT_FIELDS = ("guidance_scale",)
+
+
+# -- responses --------------------------------------------------------------------------------------------------
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class VideoJob(BaseModel):
+    """A video job: OpenAI's ``video`` object plus the parameters it was generated with."""
 
     id: str
-    uri: str
-    url: str
+    object: Literal["video"] = "video"
+    model: str
+    status: JobStatus
+    progress: int = Field(ge=0, le=100, description="percent done; 100 once completed")
+    created_at: int = Field(description="Unix seconds")
+    completed_at: int | None = Field(default=None, description="Unix seconds, once completed or failed")
+    expires_at: int | None = Field(default=None, description="always null: videos are kept until deleted")
+    error: JobError | None = None
+    size: str = Field(description='"WIDTHxHEIGHT"')
+    seconds: str = Field(description="the clip's length: num_frames / fps, in seconds")
+    prompt: str
+    # Ours (extra fields are ignored by OpenAI clients).
+    negative_prompt: str | None = None
     seed: int
     num_frames: int
     height: int
     width: int
+    fps: int
     num_inference_steps: int
-    batch_size: int
-    queue_seconds: float
-    generation_seconds: float
+    guidance_scale: float
+    batch_size: int | None = Field(default=None, description="videos generated in the same sampler call")
+    attempts: int = Field(default=1, description="1, plus 1 per replica that died while holding the job")
+    queue_seconds: float | None = Field(default=None, description="from creation to the sampler starting")
+    generation_seconds: float | None = Field(default=None, description="sampler, decoding and encoding, per video")
 
 
-def field_of(message: str) -> str:
-    """The field a generator/geometry error names (messages start with it, e.g. ``num_frames must be ...``)."""
-    name = message.split(" ", 1)[0]
-    return name if name in VideoCreate.model_fields else "body"
+class VideoList(BaseModel):
+    """``GET /v1/videos``: one page, newest first unless ``order=asc``."""
+
+    object: Literal["list"] = "list"
+    data: list[VideoJob]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
 
 
-def validation_detail(message: str) -> list[dict]:
-    """A FastAPI-style 422 ``detail`` list for one of our ValueErrors."""
-    return [{"loc": ["body", field_of(message)], "msg": message, "type": "value_error"}]
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's shape, so the SDKs raise their typed exceptions with ``param`` and ``code``."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An HTTP error in OpenAI's shape. ``param`` names the request field at fault (None when no field is)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        type: str = "invalid_request_error",  # noqa: A002 - the wire name
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = headers
+
+    def body(self) -> dict:
+        return ErrorResponse(error=self.detail).model_dump()
+
+
+def busy_error(message: str) -> ApiError:
+    return ApiError(503, message, code="server_busy", type="server_error",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+
+
+# -- auth -------------------------------------------------------------------------------------------------------
 
 
 def expected_token(settings: ServeSettings) -> str | None:

@@ -1,7 +1,9 @@
-"""The prompt playground the endpoint serves at ``/``: try prompts against ``POST /v1/videos`` from a browser.
+"""The prompt playground the endpoint serves at ``/``: try prompts from a browser through the video-jobs API.
 
-One self-contained page (no CDN). The server's limits and defaults are embedded as JSON so the controls never
-offer a value the server would refuse; errors are shown in plain words (422 field messages, 503 busy, 401 token).
+One self-contained page (no CDN). Each prompt becomes a job (``POST v1/videos``); its card shows the job's status and
+progress, polled at the interval the server suggests (``openai-poll-after-ms``), then plays the MP4
+(``GET v1/videos/{id}/content``). The server's limits and defaults are embedded so the controls never offer a value
+the server would refuse; errors are shown in plain words (the message naming the field, busy, token needed).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ button:disabled{opacity:.5}
 #results{flex:1;display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:14px;align-content:start}
 .result{background:#fff;border-radius:8px;padding:8px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
 .result video{width:100%;background:#000;border-radius:4px}.result div{font-size:12px;color:#444;word-wrap:break-word}
+.result progress{width:100%;height:14px}
 """
 
 _JS = """
@@ -54,43 +57,91 @@ _JS = """
   var form = document.getElementById('form'), msg = document.getElementById('message');
   var button = document.getElementById('generate'), results = document.getElementById('results');
   function say(text, isError){ msg.textContent = text; msg.className = isError ? 'error' : ''; }
-  function describe422(body){
-    var d = body && body.detail;
-    if (Array.isArray(d)) return d.map(function(e){
-      var loc = (e.loc || []).filter(function(p){ return p !== 'body'; }).join('.');
-      return (loc ? loc + ': ' : '') + e.msg; }).join('; ');
-    if (typeof d === 'string') return d;
-    return 'the request was not valid';
+  function headers(){
+    var h = {};
+    if (S.auth_required && form.token.value) h['Authorization'] = 'Bearer ' + form.token.value;
+    return h;
+  }
+  function explain(r){
+    // Errors come as {"error": {"message", "param", ...}}; Serve's own 503 is plain text.
+    return r.text().then(function(text){
+      var e = null;
+      try { e = JSON.parse(text).error; } catch (err) { e = null; }
+      var detail = e && e.message ? e.message : '';
+      if (r.status === 400 || r.status === 422) return 'Invalid input: ' + (detail || 'the request was not valid');
+      if (r.status === 401) return 'A valid access token is required.';
+      if (r.status === 503 || r.status === 429) return 'The server is busy, please retry in a few seconds.';
+      return 'The server could not take this request (HTTP ' + r.status + ')' + (detail ? ': ' + detail : '.');
+    });
+  }
+  function addCard(job){
+    var card = document.createElement('div'); card.className = 'result'; card.id = 'job-' + job.id;
+    var bar = document.createElement('progress'); bar.max = 100; bar.value = 0;
+    var status = document.createElement('div'); status.className = 'status';
+    var caption = document.createElement('div');
+    caption.textContent = job.prompt + ' \\u00b7 seed ' + job.seed + ' \\u00b7 ' + job.size + ' \\u00b7 ' +
+      job.num_frames + ' frames';
+    card.appendChild(bar); card.appendChild(status); card.appendChild(caption);
+    card.setAttribute('data-history', '');
+    results.insertBefore(card, results.firstChild);
+    while (results.children.length > S.max_kept) results.removeChild(results.lastChild);
+    return {card: card, bar: bar, status: status};
+  }
+  function show(view, job){
+    view.bar.value = job.progress;
+    view.status.textContent = job.status.replace('_', ' ') + ' \\u00b7 ' + job.progress + '%';
+    var seen = view.card.getAttribute('data-history');
+    view.card.setAttribute('data-history', (seen ? seen + ',' : '') + job.status + ' ' + job.progress);
+  }
+  function play(view, job, started){
+    return fetch('v1/videos/' + job.id + '/content', {headers: headers()}).then(function(r){
+      if (!r.ok) return explain(r).then(function(text){ say(text, true); });
+      return r.blob().then(function(blob){
+        var seconds = ((performance.now() - started) / 1000).toFixed(2);
+        var video = document.createElement('video');
+        video.controls = true; video.loop = true; video.muted = true; video.autoplay = true;
+        video.src = URL.createObjectURL(blob);
+        view.card.replaceChild(video, view.bar);
+        view.status.textContent = 'completed in ' + seconds + ' s';
+        say('Done in ' + seconds + ' s.', false);
+      });
+    });
+  }
+  function poll(view, job, started, waitMs){
+    setTimeout(function(){
+      fetch('v1/videos/' + job.id, {headers: headers()}).then(function(r){
+        if (!r.ok) return explain(r).then(function(text){ say(text, true); });
+        var next = parseInt(r.headers.get('openai-poll-after-ms') || '500', 10);
+        return r.json().then(function(current){
+          show(view, current);
+          if (current.status === 'completed') return play(view, current, started);
+          if (current.status === 'failed') {
+            view.status.textContent = 'failed: ' + current.error.message;
+            return say('The video failed: ' + current.error.message, true);
+          }
+          poll(view, current, started, next);
+        });
+      }).catch(function(){ say('The server could not be reached.', true); });
+    }, waitMs);
   }
   form.addEventListener('submit', function(ev){
     ev.preventDefault();
     var body = {
       prompt: form.prompt.value, seed: parseInt(form.seed.value, 10),
       num_frames: parseInt(form.num_frames.value, 10), height: parseInt(form.height.value, 10),
-      width: parseInt(form.width.value, 10), num_inference_steps: parseInt(form.steps.value, 10), response: 'mp4'
+      width: parseInt(form.width.value, 10), num_inference_steps: parseInt(form.steps.value, 10)
     };
-    var headers = {'Content-Type': 'application/json'};
-    if (S.auth_required && form.token.value) headers['Authorization'] = 'Bearer ' + form.token.value;
-    button.disabled = true; say('Generating\\u2026', false);
+    var h = headers(); h['Content-Type'] = 'application/json';
+    button.disabled = true; say('Creating the job\\u2026', false);
     var started = performance.now();
-    fetch('v1/videos', {method: 'POST', headers: headers, body: JSON.stringify(body)}).then(function(r){
-      if (r.ok) return r.blob().then(function(blob){
-        var seconds = ((performance.now() - started) / 1000).toFixed(2);
-        var card = document.createElement('div'); card.className = 'result';
-        var video = document.createElement('video');
-        video.controls = true; video.loop = true; video.muted = true; video.autoplay = true;
-        video.src = URL.createObjectURL(blob);
-        var caption = document.createElement('div');
-        caption.textContent = body.prompt + ' \\u00b7 seed ' + body.seed + ' \\u00b7 ' + seconds + ' s';
-        card.appendChild(video); card.appendChild(caption);
-        results.insertBefore(card, results.firstChild);
-        while (results.children.length > S.max_kept) results.removeChild(results.lastChild);
-        say('Done in ' + seconds + ' s.', false);
+    fetch('v1/videos', {method: 'POST', headers: h, body: JSON.stringify(body)}).then(function(r){
+      if (!r.ok) return explain(r).then(function(text){ say(text, true); });
+      var wait = parseInt(r.headers.get('openai-poll-after-ms') || '500', 10);
+      return r.json().then(function(job){
+        var view = addCard(job); show(view, job);
+        say('Queued as ' + job.id + '.', false);
+        poll(view, job, started, wait);
       });
-      if (r.status === 422) return r.json().then(function(b){ say('Invalid input: ' + describe422(b), true); });
-      if (r.status === 503) return say('The server is busy, please retry in a few seconds.', true);
-      if (r.status === 401) return say('A valid access token is required.', true);
-      return say('The server could not generate this video (HTTP ' + r.status + ').', true);
     }).catch(function(){ say('The server could not be reached.', true); })
       .finally(function(){ button.disabled = false; });
   });
