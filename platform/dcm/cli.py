@@ -19,6 +19,8 @@ logger = logging.getLogger("dcm")
 
 # Exit codes: 2 is argparse's own code for bad input, so every "your input is wrong" failure looks the same.
 EXIT_BAD_INPUT = 2
+# 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
+EXIT_INTERRUPTED = 130
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 # Errors that mean "the input is wrong" (a field, a path, a model folder): printed as one line, not a traceback.
 INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -49,13 +51,25 @@ def setup_job(args: argparse.Namespace) -> None:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
 
 
+def one_line(err: BaseException) -> str:
+    """The error as one line: its message with line breaks folded (a traceback-free ``error: ...`` for the user)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def run_job(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Runs ``main(args)``; bad input becomes one line on stderr and exit code 2 (``--debug`` re-raises)."""
+    """Runs ``main(args)``; bad input becomes one line on stderr and exit code 2 (``--debug`` re-raises, so the
+    traceback shows); Ctrl-C exits with 130 without a traceback."""
     setup_job(args)
     try:
         return main(args)
     except INPUT_ERRORS as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

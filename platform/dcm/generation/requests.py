@@ -221,7 +221,9 @@ def _check_model(config: GenerationConfig, model: ModelLimits) -> None:
         try:
             dcm_sigmas(config.num_inference_steps, build_grid(model.schedule))
         except ValueError as err:
-            raise FieldError("num_inference_steps", str(err)) from err
+            steps = config.num_inference_steps
+            message = f"num_inference_steps {steps} is not a step count this model's DCM schedule makes: {err}"
+            raise FieldError("num_inference_steps", message) from err
 
 
 def resolve_request(request: VideoRequest, *, limits: RequestLimits, model: ModelLimits) -> ResolvedRequest:
