@@ -65,12 +65,9 @@ def _check_s3_writable(output: str, endpoint_url: str | None, probe: str) -> Non
     bucket, _ = split_s3(output)
     store = Store(output, endpoint_url, max_attempts=PREFLIGHT_ATTEMPTS)
     try:
-        store.client.head_bucket(Bucket=bucket)
-    except ClientError as err:
-        if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
-            raise ValueError(f"output {output!r}: bucket {bucket!r} does not exist") from err
-        raise ValueError(f"output {output!r}: {s3_error_cause(err, output)}") from err
-    except BotoCoreError as err:
+        # A listing, not head_bucket: a HEAD answer has no body, so a 403 would not say which credential is wrong.
+        store.client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except (ClientError, BotoCoreError) as err:
         raise ValueError(f"output {output!r}: {s3_error_cause(err, output) or err}") from err
     try:
         store.put_bytes(probe, b"", content_type="text/plain")

@@ -1,8 +1,11 @@
 """Storage over local folders and a real S3-speaking server (moto over HTTP on 127.0.0.1)."""
 
+import os
+import stat
+
 import pytest
 
-from dcm.io.storage import Store, safe_name, split_s3
+from dcm.io.storage import ObjectInfo, Store, s3_error_cause, safe_name, split_s3
 
 
 def exercise(store: Store):
@@ -65,3 +68,63 @@ def test_split_s3():
     assert split_s3("s3://bucket/a/b/") == ("bucket", "a/b")
     with pytest.raises(ValueError, match="3 characters"):
         split_s3("s3://ab/x")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_local_files_are_readable_as_the_umask_allows(tmp_path, umask, mode):
+    """A web server or a team share must be able to read a run's gallery and videos (mkstemp made them 0600)."""
+    old = os.umask(umask)
+    try:
+        Store(str(tmp_path)).put_bytes("index.html", b"<html></html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "index.html").stat().st_mode) == mode
+
+
+def test_safe_name_keeps_case_distinct_ids_apart():
+    names = [safe_name(n) for n in ("Clip", "clip", "CLIP")]
+    assert names[1] == "clip" and len({n.casefold() for n in names}) == 3
+    assert all(n == n.lower() for n in names)
+    assert safe_name("Clip") == safe_name("Clip")
+    assert safe_name("\ud800") != safe_name("\udc00")  # lone surrogates hash without an encoding error
+
+
+def test_list_objects_and_delete_locally(tmp_path):
+    store = Store(str(tmp_path))
+    store.put_bytes("a/b.bin", b"123")
+    assert store.list_objects() == [ObjectInfo(key="a/b.bin", size=3, etag=None)]
+    store.delete("a/b.bin")
+    store.delete("a/b.bin")  # missing is fine
+    assert store.list() == []
+
+
+@pytest.mark.s3
+def test_s3_listing_has_etags_and_stays_inside_its_folder(s3_bucket):
+    Store(f"s3://{s3_bucket}/model-old").put_bytes("x.json", b"old")
+    store = Store(f"s3://{s3_bucket}/model")
+    store.put_bytes("x.json", b"new")
+    (info,) = store.list_objects()
+    assert info.key == "x.json" and info.size == 3 and info.etag
+    store.put_bytes("x.json", b"changed")
+    assert store.list_objects()[0].etag != info.etag
+    store.delete("x.json")
+    assert store.list() == []
+
+
+@pytest.mark.s3
+def test_download_refuses_keys_that_leave_the_folder(s3_bucket, s3_endpoint, tmp_path):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=s3_bucket, Key="m/../../escape.txt", Body=b"x")
+    with pytest.raises(ValueError, match="relative path without"):
+        Store(f"s3://{s3_bucket}/m").download_to(tmp_path / "dst")
+    assert not list(tmp_path.rglob("escape.txt"))
+
+
+@pytest.mark.s3
+def test_s3_errors_in_one_line(s3_endpoint):
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as info:
+        Store("s3://no-such-bucket-here/x").get_bytes("a")
+    assert s3_error_cause(info.value, "s3://no-such-bucket-here/x") == "bucket 'no-such-bucket-here' does not exist"

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dcm.io.storage import ObjectInfo, Store, is_s3, s3_error_cause
-from dcm.presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +51,8 @@ def source_kind(source: str) -> str:
         return FOLDER
     if "/" in source and not source.startswith((".", "/", "~")) and source.count("/") == 1:
         return HUB
+    from dcm.presets import PRESETS  # only for the message: presets import the model families (torch, diffusers)
+
     raise FileNotFoundError(
         f"model {source!r} is neither a preset ({sorted(PRESETS)}), an existing folder, an s3:// URI "
         f"nor a hub id (owner/name)"
