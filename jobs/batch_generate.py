@@ -1,59 +1,77 @@
-"""Batch generation with Ray Data: a Parquet manifest of prompts in, one MP4 per row out.
+"""Batch generation with Ray Data: a Parquet manifest of prompts in, one MP4 per row out (docs/batch.md).
 
     python jobs/batch_generate.py --manifest examples/prompts.parquet
+    python jobs/batch_generate.py --manifest examples/prompts.parquet --dry-run
     ray job submit -- python jobs/batch_generate.py --manifest s3://bucket/prompts.parquet --output s3://bucket/run1
 
-Writes ``<output>/<id>.mp4`` per row, ``<output>/results.parquet`` (one row per manifest row: status ok / error /
-skipped, URI, bytes, seconds, parameters, model id and version) and ``<output>/index.html`` (a gallery).
-Re-running the same command skips rows whose video exists (``--overwrite`` regenerates them).
+Writes ``<output>/<id>.mp4`` and its provenance ``<id>.json`` per row, ``<output>/results/<run-id>/part-*.parquet``
+(this run's record of every row: ok / error / skipped, with its row number) while it runs, then
+``<output>/results.parquet`` (one row per id over every run) and the gallery (``index.html``, ``index-2.html``, ...).
+Re-running skips rows whose video exists without starting Ray; an output made by another model is refused unless
+``--overwrite``. Checks that need no Ray (model, output, manifest) run first: bad input is one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
-from dcm.cluster.batch import DEFAULT_CPUS_PER_ACTOR, BatchConfig, dry_run, run_batch
-from dcm.cluster.runtime import init_ray, shutdown_ray
+from dcm.cli import job_parser, run_job
+from dcm.cluster.batch import (
+    DEFAULT_CPUS_PER_ACTOR,
+    DEFAULT_GALLERY_MAX_PAGES,
+    DEFAULT_GALLERY_PAGE_SIZE,
+    DEFAULT_PART_SECONDS,
+    DEFAULT_ROWS_PER_BLOCK,
+    BatchConfig,
+    dry_run,
+    run_batch,
+)
 from dcm.generation import RequestLimits
 from dcm.manifest import JobDefaults
 from dcm.presets import DEFAULT_MODEL
 
-logger = logging.getLogger("batch_generate")
 DEFAULT_OUTPUT_ROOT = "outputs"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = job_parser(__doc__, ray=True)
     p.add_argument("--manifest", required=True, help="Parquet file or folder, local or s3://")
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"preset, model folder, s3:// folder or hub id ({DEFAULT_MODEL})"
-    )
-    p.add_argument("--output", help="local folder or s3://bucket/prefix (default: outputs/<run-name>/)")
-    p.add_argument("--run-name", help="name of the default output folder (default: the manifest's file name)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO, R2); default: $AWS_ENDPOINT_URL")
-    g = p.add_argument_group("defaults for rows that leave a column empty (otherwise the model's defaults)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--negative-prompt")
-    g.add_argument("--num-frames", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--steps", type=int, dest="num_inference_steps")
-    g.add_argument("--fps", type=int)
-    r = p.add_argument_group("resources")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset, model folder, s3:// folder or hub id")
+    p.add_argument("--output", help="local folder or s3://bucket/prefix; None: outputs/<run name>")
+    p.add_argument("--run-name", help="name of the default output folder; None: the manifest's file name")
+    p.add_argument("--overwrite", action="store_true", help="regenerate rows whose video exists (any model's)")
+    p.add_argument("--dry-run", action="store_true", help="run every check and print the plan; generate nothing")
+    p.add_argument("--no-gallery", action="store_true", help="do not write the gallery pages")
+    g = p.add_argument_group("defaults for rows that leave a column empty (None: the model's own)")
+    g.add_argument("--seed", type=int, default=0, help="seed")
+    g.add_argument("--negative-prompt", help="negative prompt (used with guidance > 1)")
+    g.add_argument("--num-frames", type=int, help="frames (4n+1)")
+    g.add_argument("--height", type=int, help="height in pixels")
+    g.add_argument("--width", type=int, help="width in pixels")
+    g.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS", help="sampler steps")
+    g.add_argument("--fps", type=int, help="frames per second of the MP4s")
+    limits = RequestLimits()
+    g.add_argument("--max-prompt-chars", type=int, default=limits.max_prompt_chars, help="longest prompt allowed")
+    r = p.add_argument_group("resources and scale")
     r.add_argument("--concurrency", type=int, default=1, help="number of generator actors")
     r.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="1 for one GPU per actor; 0 runs on CPU")
-    r.add_argument("--num-cpus-per-actor", type=float, default=DEFAULT_CPUS_PER_ACTOR)
+    r.add_argument("--num-cpus-per-actor", type=float, default=DEFAULT_CPUS_PER_ACTOR, help="CPUs per actor")
     r.add_argument("--batch-size", type=int, default=4, help="rows per actor call (compatible rows share a run)")
-    r.add_argument("--max-retries", type=int, default=3, help="restarts of a dead actor; its rows are retried")
-    r.add_argument("--address", help="Ray address (default: $RAY_ADDRESS or a local Ray on 127.0.0.1)")
-    p.add_argument("--overwrite", action="store_true", help="regenerate rows whose video already exists")
-    p.add_argument("--dry-run", action="store_true", help="validate the manifest and print the plan; generate nothing")
-    p.add_argument("--no-gallery", action="store_true", help="do not write index.html")
-    p.add_argument("--max-prompt-chars", type=int, default=RequestLimits().max_prompt_chars)
+    r.add_argument("--rows-per-block", type=int, default=DEFAULT_ROWS_PER_BLOCK,
+                   help="most rows per Ray Data block; records and progress arrive a block at a time")  # fmt: skip
+    r.add_argument("--max-retries", type=int, default=3, help="restarts of a dead actor; its block is retried")
+    r.add_argument(
+        "--results-every",
+        type=float,
+        default=DEFAULT_PART_SECONDS,
+        metavar="SECONDS",
+        help="write this run's records to results/<run-id>/ at least this often (0: after every block)",
+    )
+    r.add_argument("--gallery-page-size", type=int, default=DEFAULT_GALLERY_PAGE_SIZE, help="rows per gallery page")
+    r.add_argument("--gallery-pages", type=int, default=DEFAULT_GALLERY_MAX_PAGES,
+                   help="gallery pages written (the rest of the rows are in results.parquet)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -65,51 +83,37 @@ def build_config(args: argparse.Namespace) -> BatchConfig:
     )  # fmt: skip
     return BatchConfig(
         manifest=args.manifest,
-        output=args.output or os.path.join(DEFAULT_OUTPUT_ROOT, run_name),
+        output=args.output or str(Path(DEFAULT_OUTPUT_ROOT, run_name)),
         model=args.model,
         defaults=defaults,
         concurrency=args.concurrency,
         num_gpus_per_actor=args.num_gpus_per_actor,
         num_cpus_per_actor=args.num_cpus_per_actor,
         batch_size=args.batch_size,
+        rows_per_block=args.rows_per_block,
         overwrite=args.overwrite,
         max_actor_restarts=args.max_retries,
         endpoint_url=args.s3_endpoint_url,
         gallery=not args.no_gallery,
+        gallery_page_size=args.gallery_page_size,
+        gallery_max_pages=args.gallery_pages,
+        part_seconds=args.results_every,
         limits=RequestLimits(max_prompt_chars=args.max_prompt_chars),
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if args.s3_endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url  # pyarrow and Ray workers read it too
-    owns_ray = False
-    try:
-        config = build_config(args)
-        if args.dry_run:
-            report = dry_run(config)
-            valid = int((report["status"] == "valid").sum())
-            print(f"manifest {config.manifest}: {len(report)} rows, {valid} valid, {len(report) - valid} invalid")
-            for row in report[report["status"] != "valid"].head(20).to_dict("records"):
-                print(f"  invalid row id={row['id']!r}: {row['error']}")
-            print(f"plan: model {config.model}, {config.concurrency} actor(s) x {config.num_gpus_per_actor} GPU, "
-                  f"batch size {config.batch_size}, output {config.output}")  # fmt: skip
-            return 0
-        owns_ray = init_ray(args.address)
-        summary = run_batch(config)
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
-    finally:
-        if owns_ray:
-            shutdown_ray()
+def main(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    if args.dry_run:
+        print("\n".join(dry_run(config).lines()))
+        return 0
+    summary = run_batch(config, address=args.address)  # Ray starts only when a row is left to generate
     print(summary.line())
+    print(f"results: {summary.results_uri}")
     if summary.gallery_uri:
         print(f"gallery: {summary.gallery_uri}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main, parse_args()))

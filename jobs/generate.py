@@ -1,6 +1,11 @@
-"""Generate a few videos from prompts on this machine (no Ray): ``python jobs/generate.py --prompt "..."``.
+"""Generate a few videos from prompts on this machine (no Ray).
 
-Writes ``<output>/<n>.mp4`` per prompt and prints where they went. For many prompts use jobs/batch_generate.py.
+    python jobs/generate.py --prompt "a red circle moving left" --prompt "a blue square moving up"
+
+Writes ``<output>/<n>.mp4`` per prompt (n = 000, 001, ...) and prints where they went. Every request is checked as
+the batch job and the endpoint check theirs (the operator's limits, then the model's frame rule, size and steps,
+read from its configs) before the model loads: bad input is one line and exit code 2. For many prompts use
+jobs/batch_generate.py.
 """
 
 from __future__ import annotations
@@ -9,54 +14,74 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-from dcm.io.model_folder import load_pipeline
-from dcm.io.video import write_mp4
+from dcm.cli import job_parser, run_job
+from dcm.generation import RequestLimits, VideoGenerator, VideoRequest, model_limits_from_source, resolve_request
+from dcm.io.storage import Store
 from dcm.presets import DEFAULT_MODEL
 
 logger = logging.getLogger("generate")
+# Ids (and file names) of the prompts: 000, 001, ...
+ID_DIGITS = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several videos")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="preset, model folder, s3:// folder or hub id")
-    parser.add_argument("--output", default="outputs/generate", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first prompt; the n-th uses seed + n")
-    parser.add_argument("--num-frames", type=int, help="frames (4n+1); default: the model's")
-    parser.add_argument("--height", type=int, help="height in pixels; default: the model's")
-    parser.add_argument("--width", type=int, help="width in pixels; default: the model's")
-    parser.add_argument("--steps", type=int, help="sampler steps; default: the model's")
-    parser.add_argument("--guidance-scale", type=float, help="real CFG weight (1 = off); default: the model's")
-    parser.add_argument("--fps", type=int, help="frames per second of the MP4; default: the model's")
-    return parser.parse_args(argv)
+    p = job_parser(__doc__)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several videos")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset, model folder, s3:// folder or hub id")
+    p.add_argument("--output", default="outputs/generate", help="output folder or s3:// prefix")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; the n-th uses seed + n")
+    p.add_argument("--negative-prompt", help="negative prompt (used with --guidance-scale > 1)")
+    p.add_argument("--num-frames", type=int, help="frames (4n+1); None: the model's default")
+    p.add_argument("--height", type=int, help="height in pixels; None: the model's default")
+    p.add_argument("--width", type=int, help="width in pixels; None: the model's default")
+    p.add_argument("--steps", type=int, help="sampler steps; None: the model's default")
+    p.add_argument("--guidance-scale", type=float, help="real CFG weight (1 = off); None: the model's default")
+    p.add_argument("--fps", type=int, help="frames per second of the MP4; None: the model's default")
+    return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    dcm = load_pipeline(args.model)
-    overrides = {
-        "num_frames": args.num_frames, "height": args.height, "width": args.width,
-        "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "fps": args.fps,
-    }  # fmt: skip
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "num_inference_steps" in overrides:
-        overrides["sigmas"] = None  # an explicit step count replaces the model's stored sigma list
-    config = dcm.with_defaults(**overrides)
-    seeds = [args.seed + i for i in range(len(args.prompt))]
+def requests_of(args: argparse.Namespace) -> list[VideoRequest]:
+    return [
+        VideoRequest(
+            id=f"{i:0{ID_DIGITS}d}",
+            prompt=prompt,
+            seed=args.seed + i,
+            negative_prompt=args.negative_prompt,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            fps=args.fps,
+        )  # fmt: skip
+        for i, prompt in enumerate(args.prompt)
+    ]
+
+
+def main(args: argparse.Namespace) -> int:
+    # 1. Check every request against the model's configs (no weights yet): a bad flag fails in a second.
+    limits = RequestLimits()
+    requests = requests_of(args)
+    model = model_limits_from_source(args.model, args.s3_endpoint_url)
+    for request in requests:
+        resolve_request(request, limits=limits, model=model)
+    # 2. Generate and write.
+    generator = VideoGenerator(args.model, limits=limits, endpoint_url=args.s3_endpoint_url)
     start = time.perf_counter()
-    frames = dcm.generate(args.prompt, seeds=seeds, config=config)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, video in enumerate(frames):
-        path = out / f"{i:03d}.mp4"
-        write_mp4(video, path, fps=config.fps)
-        logger.info("%s  seed=%d  %r", path, seeds[i], args.prompt[i])
-    logger.info("%d video(s) in %.2f s -> %s", len(frames), time.perf_counter() - start, out.resolve())
-    return 0
+    results = generator.generate(requests)
+    store = Store(args.output, args.s3_endpoint_url)
+    failed = 0
+    for request, result in zip(requests, results):
+        if not result.ok:
+            failed += 1
+            print(f"error: prompt {request.id} ({request.prompt!r}): {result.error}", file=sys.stderr)
+            continue
+        uri = store.put_bytes(f"{request.id}.mp4", result.mp4, content_type="video/mp4")
+        logger.info("%s  seed=%d  %r", uri, request.seed, request.prompt)
+    logger.info("%d video(s) in %.2f s -> %s", len(results) - failed, time.perf_counter() - start, store.root)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main, parse_args()))
