@@ -17,7 +17,15 @@ from dcm.generation import VideoGenerator
 from dcm.io.storage import Store
 from dcm.io.video import decode_mp4
 from serve.schemas import ApiError, JobSettings
-from serve.video_jobs import DEFAULT_EXPECTED_S, MIN_POLL_MS, SAMPLING_PERCENT, JobService, JobStore, new_job_id
+from serve.video_jobs import (
+    DEFAULT_EXPECTED_S,
+    MIN_POLL_MS,
+    POLL_FRACTION,
+    SAMPLING_PERCENT,
+    JobService,
+    JobStore,
+    new_job_id,
+)
 from serve.video_request import resolve_create
 
 SMALL = {"num_frames": 9, "height": 32, "width": 32}
@@ -314,13 +322,16 @@ def test_list_pages_newest_first_and_oldest_first(tmp_path, generator):
     asyncio.run(main())
 
 
-def test_poll_hint_is_half_the_expected_remaining_time(tmp_path, generator):
+def test_poll_hint_is_a_quarter_of_the_expected_remaining_time(tmp_path, generator):
     async def main():
         clock = Clock()
         a, queue = replica(tmp_path, "a", clock, generator)
         record = await create(a, generator)
-        assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / 2, abs=5)
-        clock.advance(100 * DEFAULT_EXPECTED_S)  # long overdue: still polled, never less than the floor
+        assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / POLL_FRACTION, abs=5)
+        clock.advance(DEFAULT_EXPECTED_S / 2)
+        assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / 2 / POLL_FRACTION, abs=5)
+        clock.advance(100 * DEFAULT_EXPECTED_S)  # long overdue: polled at a quarter of a typical job's time
+        assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / POLL_FRACTION, abs=5)
         assert a.poll_after_ms(record) >= MIN_POLL_MS
         await queue.drain(a, generator.generate)
         assert a.expected_s > DEFAULT_EXPECTED_S  # learned from the (slow, by the fake clock) job
