@@ -128,3 +128,18 @@ def test_s3_errors_in_one_line(s3_endpoint):
     with pytest.raises(ClientError) as info:
         Store("s3://no-such-bucket-here/x").get_bytes("a")
     assert s3_error_cause(info.value, "s3://no-such-bucket-here/x") == "bucket 'no-such-bucket-here' does not exist"
+
+
+def byte_ranges(store: Store) -> None:
+    store.put_bytes("w.safetensors", b"0123456789")
+    assert store.get_bytes("w.safetensors", byte_range=(0, 3)) == b"0123"
+    assert store.get_bytes("w.safetensors", byte_range=(8, 20)) == b"89"  # past the end: what there is
+
+
+def test_local_byte_ranges(tmp_path):
+    byte_ranges(Store(str(tmp_path)))
+
+
+@pytest.mark.s3
+def test_s3_byte_ranges(s3_bucket):
+    byte_ranges(Store(f"s3://{s3_bucket}/r"))

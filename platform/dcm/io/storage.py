@@ -182,12 +182,19 @@ class Store:
             raise
         return self.uri(key)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The object's bytes, or only bytes ``first..last`` (inclusive, as HTTP ranges) of it: a file header
+        without its body. A range past the end gives what there is."""
         self.check_key(key)
         if self.is_s3:
             bucket, obj = self._s3_key(key)
-            return self.client.get_object(Bucket=bucket, Key=obj)["Body"].read()
-        return Path(self.root, key).read_bytes()
+            extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+            return self.client.get_object(Bucket=bucket, Key=obj, **extra)["Body"].read()
+        if byte_range is None:
+            return Path(self.root, key).read_bytes()
+        with open(Path(self.root, key), "rb") as f:
+            f.seek(byte_range[0])
+            return f.read(byte_range[1] - byte_range[0] + 1)
 
     def exists(self, key: str) -> bool:
         self.check_key(key)
