@@ -15,7 +15,6 @@ import secrets
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -72,13 +71,6 @@ def _error_response(err: ApiError) -> JSONResponse:
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:
     return _error_response(err)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-    first = err.errors()[0]
-    param = next((str(p) for p in reversed(first["loc"]) if p not in ("body", "query", "path")), None)
-    return _error_response(ApiError(400, f"{param}: {first['msg']}", code="invalid_value", param=param))
 
 
 @api.exception_handler(StarletteHTTPException)

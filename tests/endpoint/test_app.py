@@ -364,8 +364,7 @@ def test_fuzzed_bodies_never_give_5xx_and_refusals_name_their_field(server, clie
         error = json.loads(body)["error"]
         assert error["message"] and error["type"]
         if status in (400, 422):
-            # Only the changed field can be at fault; a dropped prompt or a removed size field too.
-            assert error["param"] in (field, "prompt"), (field, raw[:200], error)
+            assert error["param"] == field, (field, raw[:200], error)  # the base body is valid: only it can be wrong
         else:
             assert status == 413 and error["code"] == "request_too_large", (status, error)
     assert outcomes.get(400, 0) > 50 and outcomes.get(422, 0) > 10 and outcomes.get(200, 0) > 5, outcomes
@@ -448,15 +447,17 @@ def test_a_killed_replicas_jobs_complete_on_another_replica_within_the_bound(ser
     ids = [doomed.videos.create(prompt=f"a doomed circle {i}", extra_body={"num_frames": 65, "height": 128,
                                 "width": 128, "seed": i}).id for i in range(3)]  # fmt: skip
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while client.videos.retrieve(ids[0]).status != "in_progress":
+    generating = []
+    while not generating:  # one at a time (batches of 1): kill the replica while one is generating
         assert time.monotonic() < deadline
+        generating = [i for i in ids if client.videos.retrieve(i).status == "in_progress"]
         time.sleep(0.05)
     (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["name"].startswith("SERVE_REPLICA::endpoint-doomed#")]  # fmt: skip
     killed_at = time.monotonic()
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     pending_at_kill = [i for i in ids if client.videos.retrieve(i).status != "completed"]
-    assert ids[0] in pending_at_kill
+    assert generating[0] in pending_at_kill, "the job finished before the kill; make the jobs larger"
     taken_up = {}
     while len(taken_up) < len(pending_at_kill):  # polled through the other application
         assert time.monotonic() - killed_at < JOB_TIMEOUT_S, taken_up

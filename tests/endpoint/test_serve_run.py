@@ -8,6 +8,8 @@ replica) is listed with psutil. The one allowed exception is the replica's inter
 all interfaces unconditionally (token authentication guards it).
 """
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = re.compile(r"^(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 serve run serve\.app:dcm)$", re.M)
-LOOPBACK = ("127.0.0.1", "::1")
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")  # the last: IPv4 loopback on a dual-stack socket
 # Starting Ray, Serve and the demo model on a shared 2-core machine.
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -58,7 +60,7 @@ def healthy_port(found: list[tuple[str, str, int]]) -> int | None:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
                     if json.loads(response.read()) == {"status": "ok"}:
                         return port
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):  # one of Ray's own ports, not HTTP
                 continue
     return None
 
@@ -96,7 +98,8 @@ def test_serve_run_as_documented_listens_on_loopback_only(tmp_path):
         assert len(found) > 5  # Ray's own servers were seen, all on loopback
         assert "Token authentication is enabled" in (tmp_path / "serve.log").read_text()
     finally:
-        os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
+            os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
