@@ -1,80 +1,133 @@
-"""Ray Data batch job vs a plain Python loop over the same VideoGenerator, same machine, one run.
+"""The batch job at two manifest sizes next to a plain loop: throughput, driver memory and per-row overhead.
 
-    .venv/bin/python bench/batch_throughput.py [--num-prompts 64] [--batch-size 4] [--model tiny-wan]
+    .venv/bin/python bench/batch_throughput.py --num-prompts 20000 [--small 500] [--size 5x16x16] [--steps 2]
 
-Reports Ray start-up, the job's end-to-end time (start-up excluded; actor start and model load included), its
-steady-state throughput (first result to last), and the loop's throughput (model load excluded). Ray gives each
-CPU actor OMP_NUM_THREADS=1, so the loop runs with one torch thread too: the comparison is per thread.
+1. A plain Python loop over the same VideoGenerator (one torch thread, batches of ``--batch-size``; model load
+   excluded) gives the reference rate on ``--small`` prompts.
+2. The job runs twice, each in a fresh driver process with its own local Ray: ``--small`` prompts, then
+   ``--num-prompts``. Each reports Ray start-up, planning, end-to-end time, its steady-state rate (first result to
+   last, so actor start and model load are excluded) and the driver's peak RSS.
+
+Printed: both runs side by side with ratios (large / small), the steady-state overhead against the loop and the
+per-row overhead in milliseconds. Goals (docs/batch.md): throughput within 10 % across sizes, driver RSS flat, steady
+state within 10 % of the loop. Ray gives each CPU actor OMP_NUM_THREADS=1, so the loop runs one torch thread too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-
-from dcm.cluster.batch import BatchConfig, run_batch
-from dcm.cluster.runtime import init_ray, shutdown_ray
-from dcm.generation import VideoGenerator, VideoRequest
-from dcm.manifest import JobDefaults
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("left", "right", "up", "down")
+KIB = 1024  # ru_maxrss is in KiB on Linux
+MIB = 1024 * 1024
 
 
 def prompts(n: int) -> list[str]:
-    return [f"a {COLOURS[i % 4]} {SHAPES[i % 3]} moving {MOTIONS[(i // 3) % 4]}" for i in range(n)]
+    return [f"a {COLOURS[i % 4]} {SHAPES[i % 3]} moving {MOTIONS[(i // 3) % 4]}, take {i}" for i in range(n)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--model", default="tiny-wan")
-    args = parser.parse_args()
-    texts = prompts(args.num_prompts)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+def parse_size(text: str) -> tuple[int, int, int]:
+    frames, height, width = (int(v) for v in text.lower().split("x"))
+    return frames, height, width
 
-    # 1. Plain loop, one torch thread, batches of the same size as the job's.
+
+def loop_rate(args: argparse.Namespace) -> float:
+    """Videos per second of a plain loop over the generator (model load excluded)."""
+    import torch
+
+    from dcm.generation import VideoGenerator, VideoRequest
+
     torch.set_num_threads(1)
+    frames, height, width = parse_size(args.size)
     generator = VideoGenerator(args.model, device="cpu")
-    requests = [VideoRequest(id=str(i), prompt=p, seed=i) for i, p in enumerate(texts)]
+    requests = [VideoRequest(id=str(i), prompt=p, seed=i, num_frames=frames, height=height, width=width,
+                             num_inference_steps=args.steps) for i, p in enumerate(prompts(args.small))]  # fmt: skip
     start = time.perf_counter()
     for i in range(0, len(requests), args.batch_size):
-        results = generator.generate(requests[i : i + args.batch_size])
-        assert all(r.ok for r in results)
-    loop_seconds = time.perf_counter() - start
-    loop_rate = len(texts) / loop_seconds
+        assert all(r.ok for r in generator.generate(requests[i : i + args.batch_size]))
+    return len(requests) / (time.perf_counter() - start)
 
-    # 2. The Ray Data job.
-    with tempfile.TemporaryDirectory() as tmp:
+
+def child(args: argparse.Namespace) -> None:
+    """One job run in this process (a fresh driver); prints one JSON line."""
+    from dcm.cluster.batch import BatchConfig, run_batch
+    from dcm.cluster.runtime import init_ray, shutdown_ray
+    from dcm.manifest import JobDefaults
+
+    frames, height, width = parse_size(args.size)
+    with tempfile.TemporaryDirectory(prefix="dcm-bench-") as tmp:
         manifest = os.path.join(tmp, "prompts.parquet")
-        pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "prompt": texts,
+        texts = prompts(args.child)
+        pq.write_table(pa.table({"id": [f"{i:07d}" for i in range(len(texts))], "prompt": texts,
                                  "seed": list(range(len(texts)))}), manifest)  # fmt: skip
         start = time.perf_counter()
         init_ray()
         startup = time.perf_counter() - start
-        config = BatchConfig(manifest=manifest, output=os.path.join(tmp, "out"), model=args.model,
-                             defaults=JobDefaults(), batch_size=args.batch_size, gallery=False)  # fmt: skip
+        defaults = JobDefaults(num_frames=frames, height=height, width=width, num_inference_steps=args.steps)
+        config = BatchConfig(manifest=manifest, output=os.path.join(tmp, "out"), model=args.model, defaults=defaults,
+                             batch_size=args.batch_size)  # fmt: skip
         summary = run_batch(config, progress=False)
+        results_bytes = os.path.getsize(os.path.join(tmp, "out", "results.parquet"))
         shutdown_ray()
     assert summary.count("ok") == len(texts), summary.line()
-    job_rate = len(texts) / summary.wall_seconds
-    steady_rate = summary.steady_videos_per_second
-    print(f"{len(texts)} prompts, model {args.model}, batch size {args.batch_size}, 1 actor / 1 torch thread")
-    print(f"ray start-up: {startup:.2f} s")
-    print(f"plain loop: {loop_seconds:.2f} s, {loop_rate:.2f} videos/s")
-    print(f"ray data job end to end (start-up excluded): {summary.wall_seconds:.2f} s, {job_rate:.2f} videos/s "
-          f"(first results after {summary.first_result_seconds:.2f} s)")  # fmt: skip
-    print(f"ray data job steady state: {steady_rate:.2f} videos/s")
-    print(f"overhead vs loop: end to end {100 * (loop_rate / job_rate - 1):.1f}%, "
-          f"steady state {100 * (loop_rate / steady_rate - 1):.1f}%")  # fmt: skip
+    print(json.dumps({
+        "rows": len(texts), "startup_s": startup, "wall_s": summary.wall_seconds, "plan_s": summary.plan_seconds,
+        "first_result_s": summary.timings.first_result_seconds, "steady_rate": summary.steady_videos_per_second,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB,
+        "results_mib": results_bytes / MIB,
+    }))  # fmt: skip
+
+
+def run_child(args: argparse.Namespace, rows: int) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--child", str(rows), "--model", args.model, "--size",
+               args.size, "--steps", str(args.steps), "--batch-size", str(args.batch_size)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-prompts", type=int, default=2000, help="rows of the large run")
+    parser.add_argument("--small", type=int, default=500, help="rows of the small run and of the plain loop")
+    parser.add_argument("--model", default="tiny-wan", help="model preset or folder")
+    parser.add_argument("--size", default="5x16x16", help="frames x height x width of every video")
+    parser.add_argument("--steps", type=int, default=2, help="sampler steps")
+    parser.add_argument("--batch-size", type=int, default=4, help="rows per actor call and per loop call")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if args.child is not None:
+        child(args)
+        return
+
+    loop = loop_rate(args)
+    small, large = run_child(args, args.small), run_child(args, args.num_prompts)
+    print(f"model {args.model}, {args.size}, {args.steps} steps, batch size {args.batch_size}, 1 actor, "
+          f"1 torch thread; plain loop {loop:.2f} videos/s")  # fmt: skip
+    print(f"{'':28}{small['rows']:>12}{large['rows']:>12}{'ratio':>9}")
+    rows = [("ray start-up (s)", "startup_s"), ("planning (s)", "plan_s"), ("first result (s)", "first_result_s"),
+            ("end to end (s)", "wall_s"), ("steady state (videos/s)", "steady_rate"),
+            ("driver peak RSS (MiB)", "peak_rss_mib"), ("results.parquet (MiB)", "results_mib")]  # fmt: skip
+    for label, key in rows:
+        ratio = large[key] / small[key] if small[key] else float("nan")
+        print(f"{label:28}{small[key]:>12.2f}{large[key]:>12.2f}{ratio:>9.2f}")
+    for run in (small, large):
+        overhead = 100 * (loop / run["steady_rate"] - 1)
+        per_row_ms = 1000 * (1 / run["steady_rate"] - 1 / loop)
+        print(f"{run['rows']} rows: steady state vs the plain loop {overhead:+.1f} % ({per_row_ms:+.1f} ms per row); "
+              f"planning {1000 * run['plan_s'] / run['rows']:.2f} ms per row")  # fmt: skip
 
 
 if __name__ == "__main__":
