@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import socket
 import statistics
 import sys
@@ -83,6 +84,17 @@ def run_jobs(client, polls: Polls, n: int, concurrency: int) -> tuple[list[float
     return [d[0] for d in done], [d[1] for d in done], polls.count / n
 
 
+def health_seconds(base: str, n: int) -> list[float]:
+    """Round trips of ``GET /healthz``: the floor every create and poll pays (proxy, replica, HTTP)."""
+    seconds = []
+    for _ in range(n):
+        start = time.perf_counter()
+        with urllib.request.urlopen(f"{base}/healthz", timeout=60) as response:
+            response.read()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def sync_seconds(base: str, n: int) -> list[float]:
     seconds = []
     for i in range(n):
@@ -132,11 +144,13 @@ def main() -> None:
         run_jobs(client, polls, WARMUP_JOBS, 1)  # the server learns the jobs' duration (its poll hint)
         rows = {c: run_jobs(client, polls, args.requests, c) for c in (1, 8)}
         sync = sync_seconds(base, args.requests)
+        health = health_seconds(base, args.requests)
         serve.shutdown()
 
     ms = 1000
     print(
-        f"{MODEL}, {SMALL['num_frames']}x{SMALL['height']}x{SMALL['width']}, 4 steps, {args.requests} jobs per row, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {MODEL}, "
+        f"{SMALL['num_frames']}x{SMALL['height']}x{SMALL['width']}, 4 steps, {args.requests} jobs per row, "
         f"batch wait {batching.batch_wait_timeout_s} s, storage {'local folder' if not args.storage else storage}"
     )
     print(
@@ -160,6 +174,10 @@ def main() -> None:
     print(
         f"| POST /v1/videos/sync | 1 | {ms * statistics.median(sync):.1f} | {ms * percentile(sync, 95):.1f} | - | - "
         "| - |"
+    )
+    print(
+        f"| GET /healthz (one HTTP round trip) | 1 | {ms * statistics.median(health):.1f} | "
+        f"{ms * percentile(health, 95):.1f} | - | - | - |"
     )
     latency, jobs, _ = rows[1]
     added = ms * (statistics.median(latency) - statistics.median(direct))

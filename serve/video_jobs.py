@@ -55,9 +55,9 @@ SAMPLING_PERCENT = 90
 LEASE_RENEW_FRACTION = 1 / 3
 # Tombstones are kept this many leases: by then no replica can still hold the deleted job.
 TOMBSTONE_LEASES = 4
-# Poll hints (``openai-poll-after-ms``): a quarter of the expected remaining time, within these bounds. The openai
-# SDK keeps the first hint for all its polls, so it sees a job done at most a quarter of a job's time after the end.
-POLL_FRACTION = 4
+# Poll hints (``openai-poll-after-ms``): an eighth of the expected remaining time, within these bounds. The openai
+# SDK keeps the first hint for all its polls, so it sees a job done at most an eighth of a job's time after its end.
+POLL_FRACTION = 8
 MIN_POLL_MS = 10
 MAX_POLL_MS = 2000
 # Expected create-to-done time before this replica has finished any job.
@@ -312,8 +312,8 @@ class JobService:
         return page[:limit], len(page) > limit
 
     def poll_after_ms(self, record: JobRecord) -> int:
-        """When to poll a pending job again: a quarter of its expected remaining time (of a typical job's time once
-        overdue), in [MIN_POLL_MS, MAX_POLL_MS]."""
+        """When to poll a pending job again: 1 / POLL_FRACTION of its expected remaining time (of a typical job's
+        time once overdue), in [MIN_POLL_MS, MAX_POLL_MS]."""
         remaining = self.expected_s - (self.clock() - record.created)
         if remaining <= 0:
             remaining = self.expected_s

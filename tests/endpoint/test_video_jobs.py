@@ -322,7 +322,7 @@ def test_list_pages_newest_first_and_oldest_first(tmp_path, generator):
     asyncio.run(main())
 
 
-def test_poll_hint_is_a_quarter_of_the_expected_remaining_time(tmp_path, generator):
+def test_poll_hint_is_a_fraction_of_the_expected_remaining_time(tmp_path, generator):
     async def main():
         clock = Clock()
         a, queue = replica(tmp_path, "a", clock, generator)
@@ -330,7 +330,7 @@ def test_poll_hint_is_a_quarter_of_the_expected_remaining_time(tmp_path, generat
         assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / POLL_FRACTION, abs=5)
         clock.advance(DEFAULT_EXPECTED_S / 2)
         assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / 2 / POLL_FRACTION, abs=5)
-        clock.advance(100 * DEFAULT_EXPECTED_S)  # long overdue: polled at a quarter of a typical job's time
+        clock.advance(100 * DEFAULT_EXPECTED_S)  # long overdue: polled at a fraction of a typical job's time
         assert a.poll_after_ms(record) == pytest.approx(1000 * DEFAULT_EXPECTED_S / POLL_FRACTION, abs=5)
         assert a.poll_after_ms(record) >= MIN_POLL_MS
         await queue.drain(a, generator.generate)
