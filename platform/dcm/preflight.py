@@ -30,9 +30,7 @@ def check_model(model: str, endpoint_url: str | None = None) -> ModelLimits:
     """
     try:
         return model_limits_from_source(model, endpoint_url)
-    except ValueError:
-        raise
-    except (OSError, KeyError, TypeError) as err:  # an unreadable file, a config missing a key the family needs
+    except OSError as err:  # a config file that exists but cannot be read (permissions, I/O)
         raise ValueError(f"model {model!r} cannot be read: {type(err).__name__}: {err}") from err
 
 

@@ -1,6 +1,6 @@
 """``model_limits_from_source`` (configs only, no weights) equals what the loaded model reports, for every kind of
 source: tiny presets, the bundled demo folder and its stock-diffusers export, a saved DCM folder, a plain teacher
-folder, an ``s3://`` copy, and configs that leave defaulted keys out."""
+folder, ``s3://`` copies, and configs that leave defaulted keys out."""
 
 import json
 import shutil
@@ -72,3 +72,11 @@ def test_a_folder_that_is_not_a_model(tmp_path):
     )
     with pytest.raises(ValueError, match="model_index.json is not valid JSON"):
         model_limits_from_source(str(tmp_path))
+
+
+def test_configs_that_do_not_fit_are_named(saved_tiny_wan, tmp_path):
+    folder = shutil.copytree(saved_tiny_wan, tmp_path / "model")
+    config = json.loads((folder / "dcm_config.json").read_text())
+    (folder / "dcm_config.json").write_text(json.dumps({**config, "future_field": 1}))
+    with pytest.raises(ValueError, match="its configs do not fit its pipeline"):
+        model_limits_from_source(str(folder))

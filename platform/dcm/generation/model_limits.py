@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dcm.config import DCMModelConfig, model_config_from_dict
 from dcm.generation.requests import ModelLimits
@@ -31,8 +30,12 @@ MODEL_INDEX = "model_index.json"
 DCM_CONFIG = "dcm_config.json"
 VAE_CONFIG = "vae/config.json"
 
-# Reads one config file of a model: its parsed JSON, or None when the file does not exist.
-ConfigReader = Callable[[str], "dict[str, Any] | None"]
+
+class ModelFiles(Protocol):
+    """A model folder's small files, wherever the folder is."""
+
+    def read(self, filename: str) -> dict[str, Any] | None:
+        """A JSON file's contents, or None when the file does not exist."""
 
 
 def model_limits(pipeline) -> ModelLimits:
@@ -65,25 +68,27 @@ def model_limits_from_source(model: str, endpoint_url: str | None = None) -> Mod
         kind = source_kind(source)
     except FileNotFoundError as err:
         raise ValueError(str(err)) from err
-    readers = {S3: _s3_reader, HUB: _hub_reader}
-    read = readers.get(kind, _folder_reader)(model, source, endpoint_url)
-    return limits_from_configs(read, name=model)
+    files = {S3: _S3Files, HUB: _HubFiles}.get(kind, _FolderFiles)(model, source, endpoint_url)
+    try:
+        return limits_from_files(files, name=model)
+    except (KeyError, TypeError) as err:  # a config without a key the family needs, or with keys ours do not know
+        raise ValueError(
+            f"model {model!r}: its configs do not fit its pipeline ({type(err).__name__}: {err})"
+        ) from err
 
 
-def limits_from_configs(read: ConfigReader, *, name: str) -> ModelLimits:
-    """Limits from a model folder's configs, read through ``read`` (the way the folder loader interprets them)."""
-    index = read(MODEL_INDEX)
+def limits_from_files(files: ModelFiles, *, name: str) -> ModelLimits:
+    """Limits from a model folder's small files, interpreted the way the folder loader interprets them."""
+    index = files.read(MODEL_INDEX)
     if index is None:
         raise ValueError(f"model {name!r} has no {MODEL_INDEX}: not a diffusers/DCM model folder")
     family_name = family_of(str(index.get("_class_name")))
     family = get_family(family_name)
-    two_transformers = _has_component(index, "transformer_2")
-    config, dcm_schedule = folder_model_config(family_name, index, read(DCM_CONFIG), two_transformers=two_transformers)
-    transformer_name = "transformer" if _has_component(index, "transformer") else "transformer_2"
-    transformer_config = _full_config(
-        family.transformer_class, _require(read, f"{transformer_name}/config.json", name)
-    )
-    vae_config = _full_config(_diffusers_class(index, "vae", name), _require(read, VAE_CONFIG, name))
+    two = _has_component(index, "transformer_2")
+    config, dcm_schedule = folder_model_config(family_name, index, files.read(DCM_CONFIG), two_transformers=two)
+    transformer_file = f"{'transformer' if _has_component(index, 'transformer') else 'transformer_2'}/config.json"
+    transformer_config = _full_config(family.transformer_class, _require(files, transformer_file, name))
+    vae_config = _full_config(_diffusers_class(index, "vae", name), _require(files, VAE_CONFIG, name))
     return ModelLimits(
         geometry=family.geometry_from_configs(transformer_config, vae_config),
         defaults=config.default_generation,
@@ -167,8 +172,8 @@ def _full_config(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return defaults | {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def _require(read: ConfigReader, filename: str, name: str) -> dict[str, Any]:
-    data = read(filename)
+def _require(files: ModelFiles, filename: str, name: str) -> dict[str, Any]:
+    data = files.read(filename)
     if data is None:
         raise ValueError(f"model {name!r} has no {filename}")
     return data
@@ -184,55 +189,61 @@ def _parse(text: bytes | str, filename: str, name: str) -> dict[str, Any]:
     return data
 
 
-def _folder_reader(name: str, folder: str, endpoint_url: str | None) -> ConfigReader:
-    if not Path(folder).is_dir():
-        raise ValueError(f"model {name!r}: {folder} is not a folder")
+class _FolderFiles:
+    def __init__(self, name: str, folder: str, endpoint_url: str | None) -> None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"model {name!r}: {folder} is not a folder")
+        self.name, self.folder = name, folder
 
-    def read(filename: str) -> dict[str, Any] | None:
-        path = Path(folder, filename)
-        return _parse(path.read_bytes(), filename, name) if path.is_file() else None
-
-    return read
+    def read(self, filename: str) -> dict[str, Any] | None:
+        path = Path(self.folder, filename)
+        return _parse(path.read_bytes(), filename, self.name) if path.is_file() else None
 
 
-def _s3_reader(name: str, uri: str, endpoint_url: str | None) -> ConfigReader:
-    from botocore.exceptions import BotoCoreError, ClientError
+class _S3Files:
+    """Reads single small objects."""
 
-    store = Store(uri, endpoint_url)
+    def __init__(self, name: str, uri: str, endpoint_url: str | None) -> None:
+        self.name, self.store = name, Store(uri, endpoint_url)
 
-    def read(filename: str) -> dict[str, Any] | None:
+    def _get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            return _parse(store.get_bytes(filename), filename, name)
+            return self.store.get_bytes(key, byte_range=byte_range)
         except (ClientError, BotoCoreError) as err:
             code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404"):
                 return None
-            raise ValueError(f"model {name!r}: {s3_error_cause(err, store.uri(filename))}") from err
+            raise ValueError(f"model {self.name!r}: {s3_error_cause(err, self.store.uri(key))}") from err
 
-    return read
+    def read(self, filename: str) -> dict[str, Any] | None:
+        data = self._get(filename)
+        return None if data is None else _parse(data, filename, self.name)
 
 
-def _hub_reader(name: str, repo_id: str, endpoint_url: str | None) -> ConfigReader:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+class _HubFiles:
+    """Hub repositories: as the loader treats them (diffusers resolves them)."""
 
-    def read(filename: str) -> dict[str, Any] | None:
+    def __init__(self, name: str, repo_id: str, endpoint_url: str | None) -> None:
+        self.name, self.repo_id = name, repo_id
+
+    def read(self, filename: str) -> dict[str, Any] | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+        where = f"{self.repo_id}/{filename}"
         try:
-            path = hf_hub_download(repo_id, filename)
+            path = hf_hub_download(self.repo_id, filename)
         except (EntryNotFoundError, LocalEntryNotFoundError) as err:
             if filename == MODEL_INDEX:
                 raise ValueError(
-                    f"model {name!r}: cannot read {repo_id}/{MODEL_INDEX} from the hub or its local cache "
-                    f"({_first_line(err)})"
+                    f"model {self.name!r}: cannot read {where} from the hub or its local cache ({_first_line(err)})"
                 ) from err
             return None  # optional files (dcm_config.json) are absent from plain diffusers repositories
         except (HfHubHTTPError, OSError, ValueError) as err:
-            raise ValueError(
-                f"model {name!r}: cannot read {repo_id}/{filename} from the hub ({_first_line(err)})"
-            ) from err
-        return _parse(Path(path).read_bytes(), filename, name)
-
-    return read
+            raise ValueError(f"model {self.name!r}: cannot read {where} from the hub ({_first_line(err)})") from err
+        return _parse(Path(path).read_bytes(), filename, self.name)
 
 
 def _first_line(err: Exception) -> str:
