@@ -63,7 +63,7 @@ def loop_rate(args: argparse.Namespace) -> float:
 def child(args: argparse.Namespace) -> None:
     """One job run in this process (a fresh driver); prints one JSON line."""
     from dcm.cluster.batch import BatchConfig, run_batch
-    from dcm.cluster.runtime import init_ray, shutdown_ray
+    from dcm.cluster.runtime import ray_session
     from dcm.manifest import JobDefaults
 
     frames, height, width = parse_size(args.size)
@@ -72,15 +72,14 @@ def child(args: argparse.Namespace) -> None:
         texts = prompts(args.child)
         pq.write_table(pa.table({"id": [f"{i:07d}" for i in range(len(texts))], "prompt": texts,
                                  "seed": list(range(len(texts)))}), manifest)  # fmt: skip
-        start = time.perf_counter()
-        init_ray()
-        startup = time.perf_counter() - start
         defaults = JobDefaults(num_frames=frames, height=height, width=width, num_inference_steps=args.steps)
         config = BatchConfig(manifest=manifest, output=os.path.join(tmp, "out"), model=args.model, defaults=defaults,
                              batch_size=args.batch_size)  # fmt: skip
-        summary = run_batch(config, progress=False)
+        start = time.perf_counter()
+        with ray_session():
+            startup = time.perf_counter() - start
+            summary = run_batch(config, progress=False)
         results_bytes = os.path.getsize(os.path.join(tmp, "out", "results.parquet"))
-        shutdown_ray()
     assert summary.count("ok") == len(texts), summary.line()
     print(json.dumps({
         "rows": len(texts), "startup_s": startup, "wall_s": summary.wall_seconds, "plan_s": summary.plan_seconds,
@@ -107,7 +106,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="rows per actor call and per loop call")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if args.child is not None:
         child(args)
         return

@@ -16,7 +16,7 @@ import time
 import pandas as pd
 
 from dcm.cluster.preprocess import EncodeClips, PreprocessConfig, decode_clips, run_preprocess
-from dcm.cluster.runtime import init_ray, shutdown_ray
+from dcm.cluster.runtime import ray_session
 from dcm.io.video import write_mp4
 from dcm.preprocess import ClipConfig
 from dcm_demo.synthetic import world_video
@@ -26,9 +26,8 @@ CLIP = ClipConfig(num_frames=17, height=64, width=64, fps=8)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--videos", type=int, default=32, help="videos to preprocess")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for i in range(args.videos):  # 3 s of 24 fps 96x128 video each
@@ -46,11 +45,10 @@ def main() -> None:
         encoder(decoded)
         encode_s = time.perf_counter() - start
 
-        init_ray()
         config = PreprocessConfig(videos=tmp, captions=os.path.join(tmp, "captions.json"), model="tiny-wan",
                                   output=os.path.join(tmp, "out"), clip=CLIP)  # fmt: skip
-        summary = run_preprocess(config, progress=False)
-        shutdown_ray()
+        with ray_session():
+            summary = run_preprocess(config, progress=False)
     total = decode_s + encode_s
     print(f"{args.videos} videos (72 frames 96x128 -> clips of 17x64x64), tiny Wan VAE, CPU")
     print(
@@ -58,7 +56,7 @@ def main() -> None:
         f"VAE + text encode {encode_s:.2f} s ({100 * encode_s / total:.0f}%), {args.videos / total:.1f} videos/s"
     )
     print(
-        f"ray data job end to end: {summary['seconds']:.2f} s, {args.videos / summary['seconds']:.1f} videos/s "
+        f"ray data job end to end: {summary['seconds']:.2f} s, {args.videos / summary['seconds']:.2f} videos/s "
         f"(includes actor start and model load)"
     )
 
