@@ -123,11 +123,12 @@ VALID_CELLS = {
     "fps": [None, 8, 120.0],
 }
 INVALID_CELLS = {
-    "prompt": [None, math.nan, "", b"bytes", 3, ["a"], "x" * OVER, "\ud800", Hostile(), np.array(["a"])],
+    "prompt": [None, math.nan, "", b"bytes", 3, ["a"], "x" * OVER, "\ud800", Hostile(), np.array(["a"]),
+               {"text": ["nested", {"deeper": b"x"}]}, np.array([["a", "b"], ["c", "d"]])],
     "id": [1.5, b"id", ["a"], {"k": 1}, math.inf, "x" * (MAX_ID_CHARS + 1), "\udc80", Hostile(), True],
     "seed": [1.5, 2**70, "7", -1, math.inf, -math.inf, b"7", [7], True, np.bool_(False), decimal.Decimal(7),
              datetime.date(2020, 1, 1), complex(7, 0), Hostile(), np.array([1, 2]), 1e300],
-    "negative_prompt": [3, b"x", "x" * OVER, ["n"], "\ud800", Hostile()],
+    "negative_prompt": [3, b"x", "x" * OVER, ["n"], "\ud800", Hostile(), [["a", ["b"]]], {"a": [1, {"b": 2}]}],
     "num_frames": [1.5, "9", -1, 0, 10**30, [9], math.inf, {"n": 9}],
     "height": [32.5, "32", 0, 2000],
     "width": [b"32", -32, 1e10],
