@@ -88,7 +88,10 @@ def test_unwritable_output(manifest, tmp_path, capsys, no_ray):
 
 def test_unreadable_manifest(tmp_path, capsys, no_ray):
     code, _, err, seconds = cli(["--manifest", str(tmp_path / "nope.parquet"), *SMALL], capsys)
-    one_line_error(code, err, seconds, "nope.parquet", "cannot be read")
+    one_line_error(code, err, seconds, "nope.parquet", "does not exist")
+    (tmp_path / "text.parquet").write_text("not parquet")
+    code, _, err, seconds = cli(["--manifest", str(tmp_path / "text.parquet"), *SMALL], capsys)
+    one_line_error(code, err, seconds, "text.parquet", "cannot be read as Parquet")
     pq.write_table(pa.table({"text": ["no prompt column"]}), tmp_path / "bad.parquet")
     code, _, err, seconds = cli(["--manifest", str(tmp_path / "bad.parquet"), *SMALL], capsys)
     one_line_error(code, err, seconds, "missing required column(s) ['prompt']")
@@ -99,7 +102,7 @@ def test_missing_bucket(manifest, s3_endpoint, capsys, no_ray, endpoint_env):
     code, _, err, seconds = cli(["--manifest", manifest, "--output", "s3://no-such-bucket/run", *SMALL], capsys)
     one_line_error(code, err, seconds, "no-such-bucket", "does not exist")
     code, _, err, seconds = cli(["--manifest", "s3://no-such-bucket/m.parquet", *SMALL], capsys)
-    one_line_error(code, err, seconds, "s3://no-such-bucket/m.parquet")
+    one_line_error(code, err, seconds, "s3://no-such-bucket/m.parquet", "does not exist")
 
 
 @pytest.mark.s3

@@ -161,6 +161,8 @@ def _manifest_dataset(manifest: str, endpoint_url: str | None) -> pads.Dataset:
             fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
             return pads.dataset(manifest.removeprefix("s3://"), format="parquet", filesystem=fs)
         return pads.dataset(manifest, format="parquet")
+    except FileNotFoundError as err:
+        raise ValueError(f"manifest {manifest!r} does not exist (no such file, folder or bucket)") from err
     except (OSError, pa.ArrowException, ValueError) as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"manifest {manifest!r} cannot be read as Parquet: {cause}") from err
