@@ -13,6 +13,7 @@ calls share one ``@serve.batch`` queue: concurrent compatible requests become on
 import logging
 import secrets
 import time
+from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -22,7 +23,7 @@ from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcm.generation import ResolvedRequest, VideoGenerator, VideoResult
-from dcm.io.storage import Store
+from dcm.io.storage import Store, is_s3
 from dcm.pages.playground import PlaygroundSettings, render_playground
 from serve.api_docs import render_api_docs
 from serve.bodies import BodyLimitMiddleware, parse_body
@@ -51,6 +52,7 @@ logger = logging.getLogger("ray.serve")
 MAX_ONGOING_REQUESTS = 32
 MAX_QUEUED_REQUESTS = 64
 POLL_HEADER = "openai-poll-after-ms"
+DEFAULT_BATCHING = BatchingSettings()
 
 api = FastAPI(
     title="DCM Platform",
@@ -102,7 +104,7 @@ _CREATE_BODY = {
     max_queued_requests=MAX_QUEUED_REQUESTS,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+    user_config=asdict(DEFAULT_BATCHING),
 )
 @serve.ingress(api)
 class VideoGen:
@@ -110,6 +112,9 @@ class VideoGen:
 
     def __init__(self, settings: dict | None = None) -> None:
         self.settings = ServeSettings.from_dict(settings)
+        if not is_s3(self.settings.storage):
+            logger.warning("jobs are stored in the local folder %s: replicas on other nodes cannot see them (use an "
+                           "s3:// storage with more than one node)", self.settings.storage)  # fmt: skip
         self.generator = VideoGenerator(self.settings.model, device=self.settings.device, limits=self.settings.limits)
         self.latency = Histogram(
             "dcm_generation_seconds",
@@ -136,7 +141,9 @@ class VideoGen:
 
     # -- the work -----------------------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCHING.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s
+    )
     async def _generate_batch(self, requests: list[ResolvedRequest]) -> list[VideoResult | None]:
         """One sampler call per compatible group; None for jobs deleted while they waited."""
         started = time.perf_counter()
