@@ -216,3 +216,34 @@ def test_killed_driver_loses_nothing_that_was_written(ray_cluster, tmp_path):
     view = pq.read_table(out / "results.parquet").to_pandas()
     assert len(view) == len(rows) and set(view["status"]) == {"ok"}
     assert killed_run[0] in set(view["run_id"]) and set(view["run_id"]) <= {killed_run[0], again.run_id}
+
+
+class FailSecondBatch(GenerateAndWrite):
+    """Its first call writes videos as usual; every later call raises (a broken GPU, not a row's content)."""
+
+    def __call__(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 1:
+            raise RuntimeError("the device fell over")
+        return super().__call__(batch)
+
+
+def test_a_failed_run_keeps_what_it_made(ray_cluster, tmp_path):
+    """The run fails in the middle: its records so far are flushed, and the next run regenerates nothing it made."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    rows = [{"id": f"f{i}", "prompt": f"a green circle number {i}"} for i in range(6)]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    failing = config(manifest, out, batch_size=2, rows_per_block=2, max_actor_restarts=0, part_seconds=3600)
+    with pytest.raises(Exception, match="the device fell over"):
+        run_batch(failing, progress=False, udf=FailSecondBatch)
+    made = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    assert len(made) >= 2 and all((out / f"{name[:-4]}.json").exists() for name in made)
+
+    again = run_batch(config(manifest, out, batch_size=2), progress=False)
+    assert again.count("skipped") == len(made) and again.count("ok") == len(rows) - len(made)
+    assert {name: (out / name).stat().st_mtime_ns for name in made} == made  # nothing made was made again
+    view = pq.read_table(out / "results.parquet").to_pandas()
+    assert len(view) == len(rows) and set(view["status"]) == {"ok"}

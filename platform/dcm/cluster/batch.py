@@ -655,19 +655,23 @@ def run_batch(
     writer = PartWriter(store=store, run_id=run_id, part_rows=PART_ROWS, part_seconds=config.part_seconds)
     logger.info("run %s: model %s (%s), %d manifest rows -> %s", run_id, config.model, checked.version,
                 checked.num_rows, store.root)  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="dcm-batch-") as workdir:
-        # 2. Plan: errors and skipped rows are recorded now; only rows still to do reach Ray.
-        plan = plan_run(config, checked, existing, run=run, workdir=workdir, writer=writer)
-        logger.info("planned in %.1f s: %d to generate, %d skipped (video exists), %d invalid, %d duplicate ids, "
-                    "%d conflicting", plan.seconds, plan.num_todo, plan.num_skipped, plan.num_invalid,
-                    plan.num_duplicate, plan.num_conflict)  # fmt: skip
-        # 3. Generate.
-        timings = Timings()
-        if plan.num_todo:
-            with ray_session(address):
-                timings = generate(config, plan, run=run, writer=writer, start=start, udf=udf, progress=progress)
-    # 4. The run's last part, the output's view and the gallery.
-    writer.flush()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dcm-batch-") as workdir:
+            # 2. Plan: errors and skipped rows are recorded now; only rows still to do reach Ray.
+            plan = plan_run(config, checked, existing, run=run, workdir=workdir, writer=writer)
+            logger.info("planned in %.1f s: %d to generate, %d skipped (video exists), %d invalid, %d duplicate "
+                        "ids, %d conflicting", plan.seconds, plan.num_todo, plan.num_skipped, plan.num_invalid,
+                        plan.num_duplicate, plan.num_conflict)  # fmt: skip
+            # 3. Generate.
+            timings = Timings()
+            if plan.num_todo:
+                with ray_session(address):
+                    timings = generate(config, plan, run=run, writer=writer, start=start, udf=udf,
+                                       progress=progress)  # fmt: skip
+    finally:
+        # 4. The run's last records, also when it fails or is interrupted: the next run folds them into the view.
+        writer.flush()
+    # 5. The output's view and the gallery.
     wall = time.perf_counter() - start
     totals, results_uri, gallery = finish(config, store, run_id=run_id, counts=writer.counts, wall=wall)
     return BatchSummary(
