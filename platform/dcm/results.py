@@ -185,7 +185,8 @@ def read_sidecar(data: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(values, dict):
         return None
-    return record(**{k: v for k, v in values.items() if k in RESULT_SCHEMA.names})
+    rec = record(**{k: v for k, v in values.items() if k in RESULT_SCHEMA.names})
+    return rec if rec["status"] == STATUS_OK and rec["id"] is not None and rec["model"] is not None else None
 
 
 # -- streaming parts --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ generate (bad seeds, finished manifests) and how few S3 calls a re-run makes."""
 
 import math
 import stat
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from dcm.results import (
     current_view,
     model_version,
     provenance_key,
+    read_sidecar,
     record,
     records_table,
     sidecar_bytes,
@@ -49,6 +51,13 @@ def test_records_hold_only_values_of_their_column_type():
     assert record(seconds=math.nan)["seconds"] is None and record(seconds=0.5)["seconds"] == 0.5
     with pytest.raises(ValueError, match=r"unknown results column\(s\) \['sed'\]"):
         record(sed=1)
+
+
+def test_sidecars_round_trip_and_foreign_json_is_not_provenance():
+    ok = record(id="a", prompt="p\u00e9\U0001f642", seed=3, status="ok", model=MODEL, model_version="v", run_id="r")
+    assert read_sidecar(sidecar_bytes(ok)) == ok
+    assert read_sidecar(b'{"name": "a config file of mine"}') is None and read_sidecar(b"[1, 2]") is None
+    assert read_sidecar(b"not json") is None
 
 
 def test_rows_per_block_is_bounded_spread_and_a_multiple_of_the_batch():
@@ -153,8 +162,9 @@ def test_a_finished_manifest_reruns_with_one_listing_and_no_request_per_row(tmp_
         finally:
             events.unregister("before-call.s3", count)
         assert summary.count("skipped") == num_rows and summary.num_generated == 0
-        assert seen.count("HeadObject") < 5 and seen.count("ListObjectsV2") < 5, seen
+        assert seen.count("HeadObject") <= 2 and seen.count("ListObjectsV2") <= 6, seen  # a constant few
         calls.append(sorted(seen))
+        print(f"S3 requests of a re-run of {num_rows} finished rows: {dict(Counter(seen))}")
     assert calls[0] == calls[1]  # the same requests for 20 rows and for 60: none per row
 
 
