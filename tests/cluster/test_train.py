@@ -1,78 +1,246 @@
-"""Distillation on a real local Ray cluster: 2 workers with S3 checkpoints, kill + resubmit, the whole job."""
+"""Distillation on a real local Ray: 2 gloo workers with FSDP2 and activation checkpointing, a worker killed from the
+outside and resumed from the sharded checkpoint (on S3), and two runs that must not share anything.
 
+Ray Train runs are slow here (tens of seconds each), so each test makes few runs and checks much in each."""
+
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
 from dataclasses import replace
 
 import boto3
+import psutil
 import pytest
 import torch
+import torch.distributed as dist
 from diffusers import WanPipeline
+from ray import cloudpickle
 
+from dcm.cli import run_job
 from dcm.cluster.train import run_distillation
-from dcm.distill.config import SEMANTIC_STAGE
-from dcm.distill.recipes import tiny
+from dcm.data import LatentDataset, with_negative
+from dcm.distill.build import build_stage
+from dcm.distill.config import DETAIL_STAGE, FSDP, SEMANTIC_STAGE, STAGES, OptimizerConfig
+from dcm.distill.parallel import unwrap
+from dcm.distill.recipes import tiny, tiny_hunyuan
+from dcm.distill.steps import TRAIN_STEPS
 from dcm.experts import SEMANTIC
 from dcm.io.model_folder import load_pipeline
 from dcm_demo.synthetic import write_synthetic_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+CHECK_STEPS = 6  # steps per stage on a fixed batch in the FSDP check
+CHECK_LR = 1e-3  # large enough for a tiny model's loss to fall visibly in a few steps
+PERTURBATION = 0.05  # the Stage I student starts away from the teacher, so it has something to learn
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "latents")
-    write_synthetic_dataset(load_pipeline("tiny-wan"), path, num_samples=8, num_frames=9, height=32, width=32)
+def write_data(pipe_name: str, path: str, seed: int = 0) -> str:
+    write_synthetic_dataset(load_pipeline(pipe_name), path, num_samples=8, num_frames=9, height=32, width=32,
+                            seed=seed)  # fmt: skip
     return path
 
 
-@pytest.mark.s3
-def test_two_workers_checkpoint_to_s3_and_resume_after_a_kill(ray_cluster, tiny_data, s3_bucket):
+@pytest.fixture(scope="module")
+def wan_data(tmp_path_factory):
+    return write_data("tiny-wan", str(tmp_path_factory.mktemp("wan") / "data"))
+
+
+# -- FSDP over 2 gloo workers: the library's build and train step, inspected inside the workers -------------------
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter or gradient gathered whole (a collective), or the tensor itself."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().clone()
+
+
+def disc_weights(models) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in unwrap(models.discriminator).parameters()]).clone()
+
+
+def fsdp_checks(loop_config: dict) -> None:
+    """Per stage: build as the job does, perturb the Stage I student, take CHECK_STEPS steps on this worker's fixed
+    batch with fixed noise, then inspect gradients, weights and the discriminator on every worker."""
+    import ray.train
+    import ray.train.torch
+
+    config = loop_config["config"]
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    device = ray.train.torch.get_device()
+    data = LatentDataset(config.data)
+    batch = with_negative(torch.utils.data.default_collate([data[2 * rank], data[2 * rank + 1]]), data.negative)
+    report = {}
+    for stage in STAGES:
+        stage_config = replace(config, stages=(stage,))
+        torch.manual_seed(0)
+        models, optimizers, _ = build_stage(stage_config, stage, device)
+        params = dict(models.student.named_parameters())
+        trainable = [n for n, p in params.items() if p.requires_grad]
+        if stage == SEMANTIC_STAGE:
+            with torch.no_grad():
+                for name in trainable:
+                    params[name].add_(PERTURBATION * torch.randn_like(params[name]))
+        before = {n: full(p) for n, p in params.items()}
+        disc_before = disc_weights(models) if stage == DETAIL_STAGE else None
+        teacher_before = {n: full(p) for n, p in models.teacher.named_parameters()}
+        losses = []
+        for _ in range(CHECK_STEPS):
+            metrics = TRAIN_STEPS[stage](models, optimizers, batch, torch.Generator().manual_seed(rank),
+                                         config=stage_config)  # fmt: skip
+            losses.append(metrics["loss_cd"])
+        teacher = dict(models.teacher.named_parameters())
+        result = {
+            "sharded": all(hasattr(params[n], "full_tensor") for n in trainable),
+            "num_trainable": len(trainable),
+            "no_grad": [n for n in trainable if params[n].grad is None or not full(params[n].grad).abs().sum() > 0],
+            "unchanged": [n for n in trainable if torch.equal(full(params[n]), before[n])],
+            "frozen_moved": [n for n in params if n not in trainable and not torch.equal(full(params[n]), before[n])],
+            "teacher_moved": [n for n in teacher if not torch.equal(full(teacher[n]), teacher_before[n])],
+            "losses": losses,
+        }
+        if stage == DETAIL_STAGE:
+            flat = disc_weights(models)
+            gathered = [torch.empty_like(flat) for _ in range(world)]
+            dist.all_gather(gathered, flat)
+            result["disc_equal_on_all_ranks"] = all(torch.equal(g, gathered[0]) for g in gathered)
+            result["disc_moved"] = not torch.equal(flat, disc_before)
+        report[stage] = result
+    with tempfile.TemporaryDirectory() as tmp:  # Ray Train's Result keeps the metrics of checkpoint reports
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+@pytest.mark.parametrize("recipe", [tiny, tiny_hunyuan], ids=["wan", "hunyuan"])
+def test_fsdp_over_two_gloo_workers_trains_both_stages(ray_cluster, tmp_path, recipe):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    teacher = "tiny-wan" if recipe is tiny else "tiny-hunyuan"
+    config = recipe(data=write_data(teacher, str(tmp_path / "data")), output=str(tmp_path / "out"))
     config = replace(
-        tiny(data=tiny_data, output=f"s3://{s3_bucket}/out"),
-        stages=(SEMANTIC_STAGE,), num_workers=2, batch_size=2, checkpoint_every=2, report_every=2,
-        storage_path=f"s3://{s3_bucket}/runs", run_name="resume-test",
+        config, num_workers=2, strategy=FSDP,
+        semantic=replace(config.semantic, optimizer=OptimizerConfig(lr=CHECK_LR)),
+        detail=replace(config.detail, optimizer=OptimizerConfig(lr=CHECK_LR)),
     )  # fmt: skip
-    config = replace(config, semantic=replace(config.semantic, num_steps=4))
-    with pytest.raises(Exception, match="fault injection"):
-        run_distillation(replace(config, fault_fail_at_step=3))  # killed after the step-2 checkpoint
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="runs/")["Contents"]]
-    assert any(k.endswith("optimizer.pt") for k in keys) and any(k.endswith("trainable.safetensors") for k in keys)
-    results = run_distillation(config)  # the same command again
-    metrics = results[SEMANTIC_STAGE]
-    assert metrics["resumed_from"] == 2 and metrics["step"] == 4
-    out = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="out/semantic/")["Contents"]
-    assert any(o["Key"].endswith("dcm_config.json") for o in out)
+    assert config.activation_checkpointing
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    trainer = TorchTrainer(
+        fsdp_checks, train_loop_config={"config": config},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False), torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name="fsdp-check", storage_path=str(tmp_path / "ray")),
+    )  # fmt: skip
+    report = trainer.fit().metrics
+    for stage in STAGES:
+        result = report[stage]
+        assert result["sharded"] and result["num_trainable"] > 0, (stage, result)
+        assert result["no_grad"] == [], (stage, result["no_grad"])
+        assert result["unchanged"] == [], (stage, result["unchanged"])
+        assert result["frozen_moved"] == [] and result["teacher_moved"] == [], stage
+        losses = result["losses"]
+        assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], (stage, losses)
+    assert report[DETAIL_STAGE]["disc_equal_on_all_ranks"] and report[DETAIL_STAGE]["disc_moved"]
 
 
-def test_whole_job_two_stages_to_a_loadable_model(ray_cluster, tiny_data, tmp_path, capsys):
-    from jobs.distill import main
+# -- a worker killed from the outside, resumed from the sharded checkpoint on S3 ------------------------------------
 
-    out = tmp_path / "dcm"
-    code = main(["--recipe", "tiny", "--data", tiny_data, "--output", str(out), "--semantic-steps", "3",
-                 "--detail-steps", "3", "--checkpoint-every", "3", "--storage-path", str(tmp_path / "runs"),
-                 "--batch-size", "2"])  # fmt: skip
-    assert code == 0
-    assert f"model: {out}/final" in capsys.readouterr().out
-    semantic = load_pipeline(str(out / "semantic"))
-    final = load_pipeline(str(out / "final"))
+
+def train_workers() -> list[psutil.Process]:
+    """This test session's Ray Train workers (descendants of this process: other sessions' are left alone)."""
+    return [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+class KillAfterFirstCheckpoint(threading.Thread):
+    """Waits until Ray Train has registered a checkpoint of the run (its snapshot file in the bucket lists one), then
+    kills one training worker with SIGKILL."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.bucket, self.key, self.killed, self.stop = bucket, key, None, threading.Event()
+
+    def run(self) -> None:
+        s3 = boto3.client("s3")
+        while not self.stop.is_set():
+            try:
+                snapshot = s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read().decode()
+            except s3.exceptions.NoSuchKey:
+                snapshot = ""
+            workers = train_workers()
+            if "checkpoint-step" in snapshot and workers:
+                self.killed = workers[-1].pid
+                os.kill(self.killed, signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+
+@pytest.mark.s3
+def test_a_killed_worker_resumes_from_the_sharded_checkpoint_exactly(ray_cluster, wan_data, tmp_path, s3_bucket):
+    base = replace(tiny(data=wan_data, output=str(tmp_path / "reference")), stages=(DETAIL_STAGE,), num_workers=2,
+                   strategy=FSDP, checkpoint_every=3, report_every=3, log_every=3)  # fmt: skip
+    base = replace(base, detail=replace(base.detail, num_steps=9))
+    reference = run_distillation(base)[DETAIL_STAGE]
+    assert reference["resumed_from"] == 0 and reference["step"] == 9
+
+    killed = replace(base, output=f"s3://{s3_bucket}/out", max_failures=1)
+    killer = KillAfterFirstCheckpoint(s3_bucket, "out/checkpoints/tiny-dcm-detail/checkpoint_manager_snapshot.json")
+    killer.start()
+    try:
+        metrics = run_distillation(killed)[DETAIL_STAGE]
+    finally:
+        killer.stop.set()
+    assert killer.killed is not None, "no worker was killed: the run finished before its first checkpoint registered"
+    assert metrics["step"] == 9 and metrics["resumed_from"] in (3, 6, 9), metrics
+    listing = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="out/checkpoints/")
+    keys = [o["Key"] for o in listing["Contents"]]
+    assert any(k.endswith("__1_0.distcp") for k in keys) and any(k.endswith("state.json") for k in keys)
+    # Same step, optimizer state, noise and data order after the restart: the same model as without the kill.
+    ours = load_pipeline(f"s3://{s3_bucket}/out/final").transformer.detail_state_dict()
+    theirs = load_pipeline(str(tmp_path / "reference" / "final")).transformer.detail_state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# -- the job end to end, and two runs with default names ------------------------------------------------------------
+
+
+def test_two_runs_with_default_names_never_share_checkpoints(ray_cluster, wan_data, tmp_path, capsys):
+    from jobs.distill import main, parse_args
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    steps = ["--semantic-steps", "2", "--detail-steps", "2"]
+    assert main(parse_args(["--recipe", "tiny", "--data", wan_data, "--output", str(first), *steps])) == 0
+    assert f"model: {first}/final" in capsys.readouterr().out
+    semantic, final = load_pipeline(str(first / "semantic")), load_pipeline(str(first / "final"))
     assert final.is_dual_expert and not semantic.is_dual_expert
-    # Stage II kept the semantic expert bit-identical to Stage I's output.
     stage_one = semantic.transformer.state_dict()
     for name, tensor in final.transformer.expert_state_dict(SEMANTIC).items():
-        assert torch.equal(tensor, stage_one[name]), name
-    frames = final.generate(["a red circle"], seeds=[0])
-    assert frames.shape[0] == 1
-    stock = WanPipeline.from_pretrained(out / "export")
-    assert stock.transformer_2 is not None
+        assert torch.equal(tensor, stage_one[name]), name  # Stage II kept the semantic expert bit-identical
+    assert final.generate(["a red circle"], seeds=[0]).shape[0] == 1
+    assert WanPipeline.from_pretrained(first / "export").transformer_2 is not None
+    written = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
 
+    # Another data set, another output, the recipe's default run name and storage: a fresh run of its own.
+    other = write_data("tiny-wan", str(tmp_path / "other-data"), seed=100)
+    argv = ["--recipe", "tiny", "--data", other, "--output", str(second), "--stage", "semantic"]
+    argv += ["--semantic-steps", "2"]
+    assert main(parse_args(argv)) == 0
+    assert "'resumed_from': 0" in capsys.readouterr().out
+    assert (second / "checkpoints" / "tiny-dcm-semantic").is_dir()
+    theirs = load_pipeline(str(second / "semantic")).transformer.state_dict()
+    assert not torch.equal(theirs["proj_out.weight"], stage_one["proj_out.weight"])
 
-def test_bad_input_fails_before_any_worker(ray_cluster, tiny_data, tmp_path, caplog):
-    from jobs.distill import main
-
-    assert main(["--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
-    assert "is not a DCM training dataset" in caplog.text
-    bad_stride = replace(tiny(data=tiny_data, output=str(tmp_path / "o")), stages=("detail",))
-    bad_stride = replace(bad_stride, detail=replace(bad_stride.detail, feature_stride=3))
-    with pytest.raises(ValueError, match="stride must divide the teacher depth"):
-        run_distillation(bad_stride)
-    assert main(["--data", tiny_data, "--output", str(tmp_path / "o"), "--boundary-index", "60"]) == 2
-    assert "boundary_index must lie in [0, 49] for a grid of 50 points, got 60" in caplog.text
+    # Pointing a different run at the first run's checkpoints fails before any worker, and nothing of it changes.
+    argv += ["--storage-path", str(first / "checkpoints")]
+    assert run_job(main, parse_args([*argv[:5], str(tmp_path / "third"), *argv[6:]])) == 2
+    error = capsys.readouterr().err
+    assert f"{first}/checkpoints/tiny-dcm-semantic belongs to another run" in error and "data:" in error, error
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == written

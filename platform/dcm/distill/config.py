@@ -1,4 +1,5 @@
-"""Configuration of a two-stage DCM distillation run (defaults from spec §9)."""
+"""Configuration of a two-stage DCM distillation run (defaults from docs/algorithm.md, "Stage I: semantic expert" and
+"Stage II: detail expert")."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from dcm.schedule import MAX_DCM_STEPS
 
 SEMANTIC_STAGE, DETAIL_STAGE = "semantic", "detail"
 STAGES = (SEMANTIC_STAGE, DETAIL_STAGE)
-STRATEGIES = ("ddp", "fsdp")
-DISC_BETAS = (0.0, 0.999)  # the discriminator's AdamW betas (spec §4.7)
+DDP, FSDP = "ddp", "fsdp"
+STRATEGIES = (DDP, FSDP)
+DISC_BETAS = (0.0, 0.999)  # the discriminator's AdamW betas (docs/algorithm.md, "Discriminator")
+# The memory plan's default card: the 80 GB class (A100 / H100) the reference trained on.
+DEFAULT_GPU_MEMORY_GB = 80.0
+CHECKPOINT_DIR = "checkpoints"  # the default storage path is <output>/checkpoints
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
-    """AdamW with gradient-norm clipping and a constant learning rate (spec §3, §4.7)."""
+    """AdamW with gradient-norm clipping and a constant learning rate."""
 
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
@@ -33,21 +38,18 @@ class OptimizerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SemanticStageConfig:
-    """Stage I: full fine-tune on the high-noise range with consistency + Temporal Coherence Loss (spec §3)."""
+    """Stage I: full fine-tune on the high-noise range with consistency + Temporal Coherence Loss."""
 
     num_steps: int
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-6))
     tcl_stride: int = 3
     tcl_weight: float = 1.0
-    ema_decay: float | None = None  # None: the target is the online student under no_grad (the reference default)
 
     def __post_init__(self) -> None:
         if self.num_steps < 0:
             raise ValueError(f"semantic num_steps must be >= 0, got {self.num_steps}")
         if self.tcl_stride < 1:
             raise ValueError(f"tcl_stride must be >= 1, got {self.tcl_stride}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,23 +73,45 @@ class DetailStageConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainingVideo:
+    """The video size a recipe is written for: what the memory plan assumes when the data is not at hand (the data's
+    own latent shape decides once it is)."""
+
+    num_frames: int
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "height", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"video {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     """A whole run.
 
     Args:
         teacher: preset, diffusers folder or hub id of the teacher.
         data: training dataset (``dcm.data`` format), local or ``s3://``.
-        output: where the final DCM model folder goes (local or ``s3://``).
-        stages: which stages to run, in order.
+        output: where the stage folders go: ``<output>/semantic``, ``<output>/final`` (local or ``s3://``).
         schedule: grid and boundary k.
         detail_expert: LoRA rank/alpha/targets and duplicated modules.
-        teacher_cfg_weight: w in ``v = v_c + w (v_c - v_u)``; 0 = no CFG (guidance-distilled teachers).
+        teacher_guidance_scale: g in ``v = v_u + g (v_c - v_u)`` for the teacher's targets (through
+            :class:`dcm.sampling.CFGDenoiser`); 1.0 = no CFG (guidance-distilled teachers such as HunyuanVideo).
+        video: the recipe's training video size (for the memory plan before the data exists).
+        stages: which stages to run, in order.
+        strategy: ``ddp`` (every worker holds the whole student) or ``fsdp`` (FSDP2: parameters, gradients and
+            optimizer states sharded per transformer block; the frozen teacher sharded the same way).
+        activation_checkpointing: recompute each transformer block's activations in the backward pass (student and
+            teacher).
         student_steps: the sampler steps written as the student's default generation (guidance 1: no CFG).
-        storage_path / run_name: Ray Train's run folder (local or ``s3://``); a re-submitted run with the same
-            name resumes from its latest checkpoint.
+        storage_path: the checkpoint folder (local or ``s3://``); None = ``<output>/checkpoints``, so two outputs
+            never share checkpoints. Each stage's checkpoints go to ``<storage_path>/<run_name>-<stage>``.
+        run_name: the run's name; a re-submitted run with the same name, storage path and fingerprint resumes.
+        gpu_memory_gb: memory of one GPU, for the memory plan's fit check (GPU runs only).
         log_every / report_every: steps between log lines (rank 0) and between ``ray.train.report`` calls
             (a report synchronises the workers; checkpoint steps always report).
-        fault_fail_at_step: FAULT INJECTION for tests: every worker raises at this step (before its update).
     """
 
     teacher: str
@@ -97,14 +121,15 @@ class DistillConfig:
     detail_expert: DetailExpertConfig
     semantic: SemanticStageConfig
     detail: DetailStageConfig
+    teacher_guidance_scale: float
+    video: TrainingVideo
     stages: tuple[str, ...] = STAGES
     batch_size: int = 1
-    teacher_cfg_weight: float = 5.0
     huber_c: float = 1e-3
     num_workers: int = 1
     use_gpu: bool = False
-    strategy: str = "ddp"
-    activation_checkpointing: bool = False
+    strategy: str = DDP
+    activation_checkpointing: bool = True
     checkpoint_every: int = 100
     log_every: int = 1
     report_every: int = 10
@@ -113,9 +138,9 @@ class DistillConfig:
     student_steps: int = 4
     seed: int = 42
     max_failures: int = 0
-    storage_path: str = "outputs/distill-runs"
+    storage_path: str | None = None
     run_name: str = "dcm"
-    fault_fail_at_step: int | None = None
+    gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -126,11 +151,22 @@ class DistillConfig:
         for name in ("batch_size", "num_workers", "checkpoint_every", "log_every", "report_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.teacher_cfg_weight < 0:
-            raise ValueError(f"teacher_cfg_weight must be >= 0, got {self.teacher_cfg_weight}")
+        if not self.teacher_guidance_scale >= 1.0:
+            raise ValueError(
+                f"teacher_guidance_scale must be >= 1.0 (1.0 = no CFG), got {self.teacher_guidance_scale}"
+            )
         if DETAIL_STAGE in self.stages and self.schedule.boundary_index == 0:
             raise ValueError("the detail stage needs a boundary_index >= 1 (0 means a single-expert grid)")
         if not 1 <= self.student_steps <= MAX_DCM_STEPS:
             raise ValueError(f"student_steps must lie in [1, {MAX_DCM_STEPS}], got {self.student_steps}")
-        if self.strategy == "fsdp" and not self.use_gpu:
-            raise ValueError("strategy 'fsdp' needs use_gpu=True (FSDP shards over CUDA devices)")
+        if not self.run_name or "/" in self.run_name:
+            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}")
+        if self.gpu_memory_gb <= 0:
+            raise ValueError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
+
+    def stage_config(self, stage: str) -> SemanticStageConfig | DetailStageConfig:
+        return self.semantic if stage == SEMANTIC_STAGE else self.detail
+
+    def storage(self) -> str:
+        """The checkpoint folder: ``storage_path``, or ``<output>/checkpoints`` by default."""
+        return self.storage_path or f"{self.output.rstrip('/')}/{CHECKPOINT_DIR}"

@@ -1,7 +1,9 @@
-"""The Stage II discriminator: one light convolutional head per tapped teacher feature (spec §4.5).
+"""The Stage II discriminator: one light convolutional head per tapped teacher feature (docs/algorithm.md,
+"Discriminator").
 
 Tokens (B, L, D) are reshaped to per-frame maps (B * F', D, H', W') with the token grid derived from the latent shape
-and the patch size (never hard-coded, spec §8 item 1), then conv1x1 -> GroupNorm -> LeakyReLU -> residual block ->
+and the patch size (never hard-coded; the reference's fixed grid is one of docs/algorithm.md's "Reference-code
+pitfalls"), then conv1x1 -> GroupNorm -> LeakyReLU -> residual block ->
 conv1x1 gives per-frame patch logits.
 """
 
@@ -56,6 +58,7 @@ class Discriminator(nn.Module):
         self.heads = nn.ModuleList(DiscriminatorHead(in_channels, config) for _ in range(num_heads))
 
     def forward(self, features: list[Tensor], grid: tuple[int, int, int]) -> list[Tensor]:
+        """features: one (B, L, D) token tensor per head. Returns one (B * F', 1, H', W') logit map per head."""
         if len(features) != len(self.heads):
             raise ValueError(f"expected {len(self.heads)} features, got {len(features)}")
         return [head(f, grid) for head, f in zip(self.heads, features)]

@@ -1,4 +1,5 @@
-"""Temporal Coherence Loss (spec §3.1): match frame-to-frame changes of the prediction and the target."""
+"""Temporal Coherence Loss (docs/algorithm.md, "Stage I: semantic expert"): match frame-to-frame changes of the
+prediction and the target."""
 
 from __future__ import annotations
 
