@@ -15,6 +15,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from serve.schemas import FLOAT_FIELDS, INT_FIELDS, ApiError
 
 # Integers longer than this are refused while parsing (Python refuses int() of more than 4300 digits; no field
@@ -31,7 +33,7 @@ def _too_large(max_bytes: int) -> ApiError:
     return ApiError(413, f"request body must be at most {max_bytes} bytes", code="request_too_large")
 
 
-async def _send_error(send, err: ApiError) -> None:
+async def _send_error(send: Send, err: ApiError) -> None:
     body = json.dumps(err.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]  # fmt: skip
@@ -42,11 +44,11 @@ async def _send_error(send, err: ApiError) -> None:
 class BodyLimitMiddleware:
     """ASGI middleware: 413 for a body over ``max_bytes``, by ``Content-Length`` or by counting streamed bytes."""
 
-    def __init__(self, app, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -57,7 +59,7 @@ class BodyLimitMiddleware:
         received = 0
         started = False
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -66,7 +68,7 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -151,7 +153,8 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, str]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
-            raise ApiError(400, "a multipart part has no field name", code="invalid_body")
+            raise ApiError(400, "a multipart part has no field name", code="invalid_body",
+                           param=name if isinstance(name, str) else None)  # fmt: skip
         if part.get_filename() is not None:
             raise ApiError(400, f"{name}: file uploads are not supported (text-to-video only)",
                            code="unsupported_parameter", param=name)  # fmt: skip

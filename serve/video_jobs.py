@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -237,7 +237,7 @@ class JobService:
         return sum(not held.cancelled for held in self.held.values()) + self.sync_calls
 
     @contextlib.asynccontextmanager
-    async def reserve(self):
+    async def reserve(self) -> AsyncIterator[None]:
         """A place in this replica's queue for a blocking (sync) call; raises ApiError 503 when full."""
         if self.load >= self.settings.max_jobs:
             raise busy_error(f"this replica holds {self.settings.max_jobs} jobs; retry shortly")
