@@ -352,16 +352,17 @@ def _check_rows(config: BatchConfig, limits: ModelLimits, run: dict, sink: _Sink
         for rows in _manifest_rows(config):
             valid, errors = [], []
             for values in rows:
-                row = plan.num_rows
+                row, request = plan.num_rows, None
                 plan.num_rows += 1
-                rid = request_id(values, config.defaults)
-                ids.append(rid)
                 try:
                     request = parse_row(values, config.defaults, config.limits)
                     resolved = resolve_request(request, limits=config.limits, model=limits)
                 except Exception as err:  # a row's content, whatever it holds, is that row's error
+                    rid = request.id if request is not None else request_id(values, config.defaults)
+                    ids.append(rid)
                     errors.append(_error(run, row=row, rid=rid, values=values, err=err))
                     continue
+                ids.append(request.id)
                 valid.append(_plan_row(row, request, resolved))
             plan.num_invalid += len(errors)
             sink.add(errors)
