@@ -1,4 +1,5 @@
-"""Sigma grid, expert boundary, phase edges and inference schedules (spec §1.3, §2.1, §5, §8)."""
+"""Sigma grid, expert boundary and routing rule, phase edges and inference schedules (docs/algorithm.md, "Grid and
+boundary", "Phases", "Inference schedules")."""
 
 from dataclasses import replace
 
@@ -9,6 +10,7 @@ from dcm.config import ScheduleConfig
 from dcm.schedule import (
     HUNYUAN_4STEP_SIGMAS,
     MAX_DCM_STEPS,
+    WAN_6STEP_SIGMAS,
     build_grid,
     dcm_sigmas,
     is_detail,
@@ -19,7 +21,7 @@ from dcm.schedule import (
     teacher_sigmas,
 )
 
-# Spec §1.3 table for shift 17: index -> (sigma[i], sigma_prev[i]).
+# docs/algorithm.md "Grid and boundary", shift 17: index -> (sigma[i], sigma_prev[i]).
 SPEC_TABLE = {
     0: (0.25758, 0.01673),
     9: (0.80952, 0.78866),
@@ -78,11 +80,40 @@ def test_boundary_derivations(wan_grid, hy_grid):
 
 
 def test_routing_is_per_sample_and_matches_grid_ranges(wan_grid):
-    sigma = wan_grid.sigma.float()  # float32, as a sampler passes it
-    mask = is_detail(sigma, wan_grid)
-    assert mask[:35].all() and not mask[35:].any()
+    for sigma in (wan_grid.sigma, wan_grid.sigma.float()):  # the schedule's own values, float64 or float32
+        mask = is_detail(sigma, wan_grid)
+        assert mask[:35].all() and not mask[35:].any()
     mixed = torch.tensor([1.0, 0.5, 0.9754098, 0.9776])
     assert is_detail(mixed, wan_grid).tolist() == [False, True, True, False]
+
+
+def test_routing_threshold_is_the_export_boundary_ratio(wan_grid, hy_grid):
+    """One rule: detail iff sigma < the midpoint of sigma[k-1] and sigma[k], the stock export's boundary_ratio."""
+    for grid in (wan_grid, hy_grid):
+        k = grid.config.boundary_index
+        ratio = grid.boundary_ratio
+        assert ratio == pytest.approx((float(grid.sigma[k - 1]) + float(grid.sigma[k])) / 2)
+        below, above = torch.tensor([ratio - 1e-9], dtype=torch.float64), torch.tensor([ratio], dtype=torch.float64)
+        assert is_detail(below, grid).item() and not is_detail(above, grid).item()  # stock: transformer iff t >= r*T
+
+
+@pytest.mark.parametrize(
+    "k, sigmas, expected",
+    [
+        (38, HUNYUAN_4STEP_SIGMAS, [False, False, True, True]),  # 0.9818 is 4e-6 above sigma[37]: still detail
+        (35, WAN_6STEP_SIGMAS, [False, False, False, True, True, True]),
+    ],
+)
+def test_released_lists_route_like_the_reference(k, sigmas, expected):
+    """The reference routes by int(t) <= 981 (HunyuanVideo) / 978 (Wan inference); our rule agrees on its lists, in
+    float64 and float32 alike. A bf16 sigma is refused: bf16 moves levels near 1 by up to 0.002 (0.9754 -> 0.9766)."""
+    grid = build_grid(ScheduleConfig(boundary_index=k))
+    threshold = {38: 981, 35: 978}[k]
+    assert [int(s * 1000) <= threshold for s in sigmas] == expected
+    for dtype in (torch.float64, torch.float32):
+        assert is_detail(torch.tensor(sigmas, dtype=dtype), grid).tolist() == expected
+    with pytest.raises(ValueError, match="float32 or float64"):
+        is_detail(torch.tensor(sigmas, dtype=torch.bfloat16), grid)
 
 
 @pytest.mark.parametrize("k", [50, -1])  # 0 is valid: a single-expert grid (below)
@@ -118,6 +149,8 @@ def test_too_many_phases_rejected():
 def test_dcm_4_steps_reproduces_released_hunyuan_schedule(hy_grid):
     sigmas = dcm_sigmas(4, hy_grid)
     assert sigmas == pytest.approx(list(HUNYUAN_4STEP_SIGMAS), abs=5e-5)
+    assert is_detail(torch.tensor(sigmas), hy_grid).tolist() == is_detail(torch.tensor(HUNYUAN_4STEP_SIGMAS),
+                                                                         hy_grid).tolist()  # fmt: skip
 
 
 @pytest.mark.parametrize("steps", list(range(1, MAX_DCM_STEPS + 1)))
@@ -131,6 +164,44 @@ def test_dcm_schedule_hits_semantic_phase_end(steps, k):
         assert grid.boundary_sigma in sigmas  # exactly on sigma[k-1]: no extrapolation past the SemE phase end
         n_semantic = sum(not bool(is_detail(torch.tensor([s]), grid)) for s in sigmas)
         assert n_semantic == steps // 2
+
+
+def phase_ends(grid) -> list[float]:
+    """Every phase end above 0 of both experts: sigma_prev[e] for each phase edge e > 0."""
+    cfg = grid.config
+    edges = phase_edges(cfg.boundary_index, cfg.num_grid_steps, cfg.num_semantic_phases).tolist()
+    if not grid.is_single_expert:
+        edges += phase_edges(0, cfg.boundary_index, cfg.num_detail_phases).tolist()
+    return sorted((float(grid.sigma_prev[e]) for e in edges if e > 0), reverse=True)
+
+
+@pytest.mark.parametrize("k, shift", [(35, 17.0), (38, 17.0), (25, 5.0)])
+@pytest.mark.parametrize("semantic_phases, detail_phases", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_dcm_schedule_lands_on_every_phase_end(k, shift, semantic_phases, detail_phases):
+    """For 1-8 steps: each step starts in a phase and ends at or above that phase's end, so every phase end of both
+    experts is in the list (docs/algorithm.md, "Phases"), and no step crosses the expert boundary without landing on
+    sigma[k-1]. Fewer steps than phases (other than 1) are refused."""
+    grid = build_grid(ScheduleConfig(boundary_index=k, shift=shift, num_semantic_phases=semantic_phases,
+                                     num_detail_phases=detail_phases))  # fmt: skip
+    ends = phase_ends(grid)
+    assert grid.boundary_sigma in ends and len(ends) == semantic_phases + detail_phases - 1
+    for steps in range(1, MAX_DCM_STEPS + 1):
+        if 1 < steps < semantic_phases + detail_phases:
+            with pytest.raises(ValueError, match="at least the number of phases"):
+                dcm_sigmas(steps, grid)
+            continue
+        sigmas = dcm_sigmas(steps, grid)
+        assert len(sigmas) == steps and sigmas[0] == 1.0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))
+        if steps > 1:
+            assert set(ends) <= set(sigmas), (steps, ends, sigmas)
+            assert sum(not is_detail(torch.tensor([s]), grid).item() for s in sigmas) >= semantic_phases
+
+
+def test_two_semantic_phases_land_on_the_first_phase_end():
+    """The issue's case: with two semantic phases (edges 35, 42) the sampler lands on sigma_prev[42] = sigma[41]."""
+    grid = build_grid(ScheduleConfig(boundary_index=35, num_semantic_phases=2))
+    for steps in (4, 6, 8):
+        assert float(grid.sigma[41]) in dcm_sigmas(steps, grid)
 
 
 @pytest.mark.parametrize("steps", [4, 8])

@@ -1,6 +1,6 @@
 """Typed, frozen configuration for DCM: the sigma grid, the detail expert and generation.
 
-Every number the algorithm uses lives here with its source (``shared/design/dcm-algorithm.md`` section).
+Every number the algorithm uses lives here with its source (a section of ``docs/algorithm.md``).
 Configs are plain data: they validate themselves in ``__post_init__`` and serialise with :func:`to_dict`.
 """
 
@@ -10,12 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Spec §1.2: flow-matching training uses 1000 discrete timesteps; t = 1000 * sigma.
+# docs/algorithm.md "Conventions": flow matching with 1000 training timesteps; t = 1000 * sigma.
 DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
-# Spec §1.3: the consistency solver walks a 50-point Euler grid.
+# docs/algorithm.md "Grid and boundary": the consistency solver walks a 50-point Euler grid ...
 DEFAULT_NUM_GRID_STEPS = 50
-# Spec §1.2: every released training script uses --shift 17.
+# ... on the schedule shifted by 17, as in every released training script.
 DEFAULT_SHIFT = 17.0
+# Schedule fields older dcm_config.json files carry that no longer exist: routing reads the schedule's own fp64 values
+# against a boundary midpoint, so the float32 tolerance ``routing_atol`` has nothing left to do.
+REMOVED_SCHEDULE_FIELDS = ("routing_atol",)
 # Seeds seed one torch.Generator per video: any non-negative 64-bit signed integer.
 MAX_SEED = 2**63 - 1
 
@@ -31,7 +34,7 @@ class FieldError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
-    """The shifted flow-matching sigma grid and the expert boundary (spec §1, §2.1, §8 items 3-5).
+    """The shifted flow-matching sigma grid and the expert boundary (docs/algorithm.md, "Grid and boundary", "Phases").
 
     Args:
         boundary_index: ``k``. Grid indices ``[k, num_grid_steps)`` belong to the semantic expert,
@@ -40,9 +43,8 @@ class ScheduleConfig:
         num_train_timesteps: size of the training timestep table (t = sigma * num_train_timesteps).
         num_grid_steps: number of points of the Euler grid the consistency solver walks.
         shift: flow-matching time shift ``S``: sigma -> S*sigma / (1 + (S-1)*sigma).
-        num_semantic_phases / num_detail_phases: PCM phases inside each expert's index range (spec §2.1).
-        zero_terminal: if True, ``sigma_prev[0] = 0`` instead of the reference's ``shifted(1/T)`` (spec §8 item 16).
-        routing_atol: tolerance when comparing a float32 sigma with the boundary sigma.
+        num_semantic_phases / num_detail_phases: PCM phases inside each expert's index range.
+        zero_terminal: if True, ``sigma_prev[0] = 0`` instead of the reference's ``shifted(1/T)``.
     """
 
     boundary_index: int
@@ -52,7 +54,6 @@ class ScheduleConfig:
     num_semantic_phases: int = 1
     num_detail_phases: int = 1
     zero_terminal: bool = False
-    routing_atol: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.num_grid_steps < 2:
@@ -84,14 +85,15 @@ class ScheduleConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DetailExpertConfig:
-    """The detail expert: a LoRA on the attention projections plus trainable copies of timestep layers (spec §4.1).
+    """The detail expert: a LoRA on the attention projections plus trainable copies of timestep layers
+    (docs/algorithm.md, "Stage II: detail expert").
 
     Args:
         lora_rank / lora_alpha: LoRA rank and alpha (scaling alpha / rank); reference r=128, alpha=256.
         lora_target_modules: module-name suffixes that get LoRA (peft matching rules).
         duplicated_modules: attribute paths on the transformer whose trainable copies the detail expert uses
             (Wan: condition_embedder, proj_out; HunyuanVideo: time_text_embed, norm_out, proj_out).
-        adapter_name: the peft adapter name.
+        adapter_name: the peft adapter name (the authors' released checkpoints call it ``lora1``).
     """
 
     duplicated_modules: tuple[str, ...]
@@ -189,7 +191,8 @@ def json_ready(value: Any) -> Any:
 def model_config_from_dict(data: dict[str, Any]) -> DCMModelConfig:
     """Inverse of ``to_dict(DCMModelConfig)``; unknown keys raise so a newer file is not silently misread."""
     data = dict(data)
-    schedule = ScheduleConfig(**data.pop("schedule"))
+    schedule_data = {k: v for k, v in data.pop("schedule").items() if k not in REMOVED_SCHEDULE_FIELDS}
+    schedule = ScheduleConfig(**schedule_data)
     detail_data = data.pop("detail", None)
     detail = None
     if detail_data is not None:

@@ -1,4 +1,5 @@
-"""The dual-expert transformer: one diffusers backbone, a semantic and a detail expert (spec §4.1).
+"""The dual-expert transformer: one diffusers backbone, a semantic and a detail expert (docs/algorithm.md, "Stage II:
+detail expert").
 
 The semantic expert is the transformer as it is. The detail expert is the same transformer with
 
@@ -6,9 +7,9 @@ The semantic expert is the transformer as it is. The detail expert is the same t
 * trainable copies of the timestep-dependent modules (Wan: ``condition_embedder``, ``proj_out``;
   HunyuanVideo: ``time_text_embed``, ``norm_out``, ``proj_out``).
 
-Routing is per sample by noise level: a sample with ``sigma <= sigma[k-1]`` goes to the detail expert
-(:func:`dcm.schedule.is_detail`). A batch that mixes both kinds is split, each part runs through its expert,
-and the outputs are put back in the original order.
+Routing is per sample by the schedule's own noise level ``sigma`` (passed by :class:`dcm.sampling.TransformerDenoiser`
+beside the timestep): :func:`dcm.schedule.is_detail` decides, the one routing rule. A batch that mixes both kinds is
+split, each part runs through its expert, and the outputs are put back in the original order.
 
 Nothing here assigns to ``forward`` or to a class attribute: the duplicated modules are installed with
 ``nn.Module.set_submodule`` as :class:`ExpertSwitch` wrappers (the way peft installs its own layers), and
@@ -18,7 +19,7 @@ the LoRA is toggled with diffusers' public ``enable_adapters`` / ``disable_adapt
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -27,6 +28,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from dcm.config import DetailExpertConfig
+from dcm.sampling import ExpertRouter
 from dcm.schedule import SigmaGrid, is_detail
 
 SEMANTIC, DETAIL = "semantic", "detail"
@@ -49,7 +51,7 @@ class ExpertSwitch(nn.Module):
         return (self.detail if self.use_detail else self.semantic)(*args, **kwargs)
 
 
-class DualExpertTransformer(nn.Module):
+class DualExpertTransformer(ExpertRouter):
     """A diffusers video transformer with a semantic and a detail expert, routed per sample by sigma.
 
     Args:
@@ -57,7 +59,6 @@ class DualExpertTransformer(nn.Module):
             expert). It is modified in place: LoRA layers and switches are injected.
         grid: the sigma grid whose boundary decides the routing.
         detail_config: LoRA and duplicated-module settings.
-        num_train_timesteps: ``t = sigma * num_train_timesteps``; read from the grid by default.
     """
 
     def __init__(self, transformer: nn.Module, grid: SigmaGrid, detail_config: DetailExpertConfig) -> None:
@@ -65,7 +66,6 @@ class DualExpertTransformer(nn.Module):
         self.transformer = transformer
         self.grid = grid
         self.detail_config = detail_config
-        self.num_train_timesteps = grid.config.num_train_timesteps
         self._check_modules(transformer, detail_config)
         transformer.add_adapter(
             LoraConfig(
@@ -125,7 +125,17 @@ class DualExpertTransformer(nn.Module):
             param.requires_grad_((id(param) in detail_ids) == (expert == DETAIL))
         self._lora_requires_grad = {name: p.requires_grad for name, p in self.lora_parameters()}
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's compute dtype (diffusers' ``dtype``: its float32-kept modules aside)."""
+        return self.transformer.dtype
+
     # -- routing ----------------------------------------------------------------------------------------------
+
+    @property
+    def active_expert(self) -> str:
+        """The expert the wrapped transformer currently is (``semantic`` outside a call)."""
+        return self._active
 
     def _set_expert(self, expert: str) -> None:
         if expert == self._active:
@@ -152,12 +162,13 @@ class DualExpertTransformer(nn.Module):
         finally:
             self._set_expert(previous)
 
-    def forward(self, hidden_states: Tensor, timestep: Tensor, **kwargs) -> tuple[Tensor]:
+    def forward(self, hidden_states: Tensor, timestep: Tensor, *, sigma: Tensor, **kwargs) -> tuple[Tensor]:
         """Runs each sample through the expert its noise level selects.
 
         Args:
             hidden_states: (B, C, F, H, W) noisy latents.
-            timestep: (B,) ``t = sigma * num_train_timesteps`` (float).
+            timestep: (B,) the transformer's timestep for ``sigma`` (from :class:`dcm.sampling.TransformerDenoiser`).
+            sigma: (B,) the schedule's noise levels, float32 or float64: they decide the expert.
             **kwargs: the transformer's other inputs; tensors whose first axis is B are split with the batch.
         Returns:
             ``(sample,)`` with sample (B, C_out, F, H, W), like a diffusers transformer with ``return_dict=False``.
@@ -168,7 +179,7 @@ class DualExpertTransformer(nn.Module):
             with self.expert(expert) as model:
                 return model(hidden_states=x, timestep=t, return_dict=False, **kw)[0]
 
-        return (route_per_sample(call, self.grid, self.num_train_timesteps, hidden_states, timestep, kwargs),)
+        return (route_per_sample(call, self.grid, hidden_states, timestep, sigma, kwargs),)
 
     # -- state dicts ------------------------------------------------------------------------------------------
 
@@ -217,11 +228,11 @@ class DualExpertTransformer(nn.Module):
         return state
 
 
-class TwoTransformerRouter(nn.Module):
+class TwoTransformerRouter(ExpertRouter):
     """Two plain transformers routed per sample by sigma, e.g. a loaded Wan2.2-style export.
 
-    ``semantic`` denoises samples with ``sigma > sigma[k-1]``, ``detail`` the rest (the same rule as
-    :class:`DualExpertTransformer`, so an export loads back into the same sampler).
+    :func:`dcm.schedule.is_detail` picks ``detail`` or ``semantic``, the same rule as :class:`DualExpertTransformer`,
+    so an export loads back into the same sampler.
     """
 
     def __init__(self, semantic: nn.Module, detail: nn.Module, grid: SigmaGrid) -> None:
@@ -229,9 +240,12 @@ class TwoTransformerRouter(nn.Module):
         self.semantic = semantic
         self.detail = detail
         self.grid = grid
-        self.num_train_timesteps = grid.config.num_train_timesteps
 
-    def forward(self, hidden_states: Tensor, timestep: Tensor, **kwargs) -> tuple[Tensor]:
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.semantic.dtype
+
+    def forward(self, hidden_states: Tensor, timestep: Tensor, *, sigma: Tensor, **kwargs) -> tuple[Tensor]:
         """Same contract as :meth:`DualExpertTransformer.forward`."""
         kwargs.pop("return_dict", None)
 
@@ -239,21 +253,28 @@ class TwoTransformerRouter(nn.Module):
             model = self.detail if expert == DETAIL else self.semantic
             return model(hidden_states=x, timestep=t, return_dict=False, **kw)[0]
 
-        return (route_per_sample(call, self.grid, self.num_train_timesteps, hidden_states, timestep, kwargs),)
+        return (route_per_sample(call, self.grid, hidden_states, timestep, sigma, kwargs),)
 
 
-def route_per_sample(call, grid: SigmaGrid, num_train_timesteps: int, hidden_states: Tensor, timestep: Tensor, kwargs):
-    """Splits a batch by expert, runs ``call(expert, x, t, kwargs)`` on each part and restores the order.
+ExpertCall = Callable[[str, Tensor, Tensor, dict], Tensor]
+
+
+def route_per_sample(
+    call: ExpertCall, grid: SigmaGrid, hidden_states: Tensor, timestep: Tensor, sigma: Tensor, kwargs: dict
+) -> Tensor:
+    """Splits a batch by expert (:func:`dcm.schedule.is_detail` on ``sigma``), runs ``call(expert, x, t, kwargs)`` on
+    each part and restores the order.
 
     Args:
-        hidden_states: (B, C, F, H, W); timestep: (B,) with ``t = sigma * num_train_timesteps``.
+        hidden_states: (B, C, F, H, W); timestep: (B,); sigma: (B,) float32 or float64.
     Returns:
         (B, C_out, F, H, W).
     """
     batch = hidden_states.shape[0]
-    if timestep.ndim != 1 or timestep.shape[0] != batch:
-        raise ValueError(f"timestep must have shape ({batch},), got {tuple(timestep.shape)}")
-    detail = is_detail(timestep / num_train_timesteps, grid)
+    for name, value in (("timestep", timestep), ("sigma", sigma)):
+        if value.ndim != 1 or value.shape[0] != batch:
+            raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
+    detail = is_detail(sigma, grid)
     if detail.all() or not detail.any():
         return call(DETAIL if bool(detail[0]) else SEMANTIC, hidden_states, timestep, kwargs)
     outputs, order = [], []
@@ -271,3 +292,30 @@ def _take(value, index: Tensor, batch: int):
     if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch:
         return value[index]
     return value
+
+
+@contextmanager
+def record_experts(model: nn.Module) -> Iterator[list[str]]:
+    """Records the expert of every transformer call made inside the context, in order (one entry per call: a step
+    whose batch mixes both experts makes two). For watching routing happen: tests and ``bench/gpu_check.py``.
+
+    Args:
+        model: a :class:`DualExpertTransformer` or :class:`TwoTransformerRouter`.
+    Yields:
+        The list the calls are appended to (``"semantic"`` / ``"detail"``).
+    """
+    calls: list[str] = []
+    if isinstance(model, DualExpertTransformer):
+        hooks = [model.transformer.register_forward_pre_hook(lambda module, args: calls.append(model.active_expert))]
+    elif isinstance(model, TwoTransformerRouter):
+        hooks = [
+            getattr(model, expert).register_forward_pre_hook(lambda module, args, expert=expert: calls.append(expert))
+            for expert in (SEMANTIC, DETAIL)
+        ]
+    else:
+        raise TypeError(f"model must be a DualExpertTransformer or a TwoTransformerRouter, got {type(model).__name__}")
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -1,7 +1,9 @@
 """``DCMPipeline``: prompts in, frames out, through the few-step dual-expert sampler (or the teacher's N steps).
 
 It wraps a stock diffusers pipeline (``WanPipeline`` / ``HunyuanVideoPipeline``) for its components and its public
-prompt encoder, and replaces the denoising loop with :func:`dcm.sampling.sample_euler` over a sigma list.
+prompt encoder, and replaces the denoising loop with :func:`dcm.sampling.sample_euler` over a sigma list. Numerics as
+diffusers' ``WanPipeline``: latents are float32 from the first noise to the last step, the schedule is float64, and
+only the transformer's input is cast to the model's dtype (docs/algorithm.md, "Inference schedules").
 Loading and saving folders is in :mod:`dcm.io.model_folder`; this module touches no files.
 """
 
@@ -17,8 +19,8 @@ from torch import Tensor, nn
 from dcm.config import MAX_SEED, DCMModelConfig, GenerationConfig
 from dcm.experts import DualExpertTransformer, TwoTransformerRouter
 from dcm.geometry import VideoGeometry
-from dcm.models import get_family
-from dcm.sampling import CFGDenoiser, TransformerDenoiser, sample_euler
+from dcm.models import cast_model, get_family
+from dcm.sampling import CFGDenoiser, TransformerDenoiser, model_dtype, sample_euler
 from dcm.schedule import SigmaGrid, build_grid, resolve_sigmas, teacher_sigmas
 
 
@@ -76,12 +78,18 @@ class DCMPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The transformer's compute dtype (its float32-kept modules aside)."""
+        return model_dtype(self.transformer)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DCMPipeline:
-        """Moves every component (bf16 on GPU: pass ``dtype=torch.bfloat16``)."""
-        self.pipe.to(device=device, dtype=dtype)
-        self.transformer.to(device=device, dtype=dtype)
+        """Moves every component; ``dtype`` (bf16 on GPU) casts them as diffusers' ``from_pretrained(torch_dtype=)``
+        does, keeping each model's float32 modules in float32."""
+        modules = [c for c in self.pipe.components.values() if isinstance(c, nn.Module)] + [self.transformer]
+        for module in modules:
+            if dtype is not None:
+                cast_model(module, dtype)
+            if device is not None:
+                module.to(device)
         return self
 
     # -- 1. inputs --------------------------------------------------------------------------------------------
@@ -143,9 +151,12 @@ class DCMPipeline:
         denoiser: nn.Module | None = None,
         callback: Callable[[dict], None] | None = None,
     ) -> Tensor:
-        """noise (B, C, F, H, W) at sigmas[0] -> latents (B, C, F, H, W) at sigmas[-1] = 0."""
+        """noise (B, C, F, H, W) at sigmas[0] -> float32 latents (B, C, F, H, W) at sigmas[-1] = 0.
+
+        The latents stay float32 and ``sigmas`` keep their dtype (float64) whatever the model's dtype.
+        """
         denoiser = denoiser if denoiser is not None else self.denoiser(guidance_scale)
-        x = noise.to(self.device, self.dtype)
+        x = noise.to(self.device, torch.float32)
         return sample_euler(denoiser, x, sigmas.to(self.device), cond=cond, callback=callback)
 
     # -- 3. decode --------------------------------------------------------------------------------------------

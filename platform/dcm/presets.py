@@ -1,7 +1,8 @@
 """Named model presets: the real checkpoints we support and tiny offline models of the same diffusers classes.
 
 A preset is data: where the weights come from (a hub id, or a builder for tiny random components) and the
-``DCMModelConfig`` the paper uses for that family (spec §9). Building a tiny preset touches no file or network.
+``DCMModelConfig`` the paper uses for that family (docs/algorithm.md, "Defaults"). Building a tiny preset touches no
+file or network. :func:`released_config` is the config of the authors' released checkpoints.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 from dcm.config import DCMModelConfig, DetailExpertConfig, GenerationConfig, ScheduleConfig
 from dcm.models import hunyuan, wan
-from dcm.schedule import HUNYUAN_4STEP_SIGMAS
+from dcm.schedule import HUNYUAN_4STEP_SIGMAS, WAN_6STEP_SIGMAS
 
-# Spec §3 / §9: the expert boundary index k on the 50-point, shift-17 grid.
+# docs/algorithm.md "Defaults": the expert boundary index k on the 50-point, shift-17 grid.
 WAN_BOUNDARY_INDEX = 35
 HUNYUAN_BOUNDARY_INDEX = 38
 # Tiny presets use a small LoRA so the detail expert stays a few kB.
@@ -49,7 +50,7 @@ class Preset:
     build_components: Callable[[], dict] | None = None
 
 
-# Spec §9: each family's expert boundary on the 50-point, shift-17 grid.
+# Each family's expert boundary, by family key.
 BOUNDARY_INDEX = {"wan": WAN_BOUNDARY_INDEX, "hunyuan": HUNYUAN_BOUNDARY_INDEX}
 
 
@@ -129,6 +130,24 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
+
+
+# docs/algorithm.md "Inference schedules" and "Defaults": how the authors' inference scripts run each released model
+# (Wan: guidance 1, no CFG; HunyuanVideo: embedded guidance 6, the family's default, and no real CFG).
+RELEASED_GENERATION = {
+    "wan": GenerationConfig(num_frames=81, height=480, width=832, num_inference_steps=len(WAN_6STEP_SIGMAS), fps=16,
+                            sigmas=WAN_6STEP_SIGMAS),
+    "hunyuan": GenerationConfig(num_frames=29, height=720, width=1280, num_inference_steps=len(HUNYUAN_4STEP_SIGMAS),
+                                fps=24, sigmas=HUNYUAN_4STEP_SIGMAS),
+}  # fmt: skip
+MAX_SEQUENCE_LENGTH = {"wan": wan.DEFAULT_MAX_SEQUENCE_LENGTH, "hunyuan": hunyuan.DEFAULT_MAX_SEQUENCE_LENGTH}
+
+
+def released_config(family: str, detail: DetailExpertConfig) -> DCMModelConfig:
+    """The DCM config of one of the authors' released checkpoints: the family's grid and boundary, the detail expert
+    as the checkpoint holds it, and the released sigma list and guidance as generation defaults."""
+    return _config(family, max_sequence_length=MAX_SEQUENCE_LENGTH[family], detail=detail,
+                   generation=RELEASED_GENERATION[family])  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:

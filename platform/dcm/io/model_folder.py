@@ -8,6 +8,8 @@ A **DCM folder** is a diffusers pipeline folder whose ``transformer/`` is the se
 Stock ``WanPipeline.from_pretrained`` loads such a folder as the semantic expert alone. An **export**
 (:func:`export_diffusers`) is a Wan2.2-style folder: ``transformer`` = semantic expert, ``transformer_2`` = detail
 expert with the LoRA merged, ``boundary_ratio`` from the boundary, and an Euler flow-matching scheduler.
+:func:`load_pipeline` also loads plain diffusers pipelines (teachers) and the authors' released layout
+(:mod:`dcm.io.released`), each told apart by its files.
 
 Weights are read with safetensors only (diffusers' ``use_safetensors=True``); nothing is unpickled.
 """
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from dcm.config import DCMModelConfig, model_config_from_dict, to_dict
 from dcm.experts import DETAIL, SEMANTIC, DualExpertTransformer, TwoTransformerRouter
 from dcm.io.model_cache import localise
+from dcm.io.released import PICKLED_SUFFIXES, is_released_layout, load_released
 from dcm.models import family_of, get_family
 from dcm.pipeline import DCMPipeline
 from dcm.presets import PRESETS, get_preset
@@ -51,8 +54,15 @@ def load_pipeline(
     * a tiny preset (``tiny-wan``, ``tiny-hunyuan``) is built in memory, with a fresh detail expert;
     * ``demo`` is the DCM folder shipped inside the package (trained by jobs/train_demo.py);
     * a DCM folder gives the dual-expert student;
+    * a folder in the authors' released layout (``DCM_WAN/``, ``DCM_HY/``) gives their dual-expert model with the
+      released sigma list and guidance as defaults (:mod:`dcm.io.released`);
+    * a Wan2.2-style two-transformer folder (our export) gives the two experts routed by sigma;
     * a plain diffusers folder or hub id (a teacher, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) gives a plain model
       whose DCM config comes from the matching preset (for distillation) and which samples with the teacher schedule.
+
+    ``dtype`` casts as diffusers' ``torch_dtype`` does (float32-kept modules stay float32); None keeps the files'
+    dtypes. Raises ValueError naming what was found when a folder is none of these, holds pickled weights, or misses
+    weights its config needs.
     """
     if source in PRESETS and PRESETS[source].build_components is not None:
         preset = get_preset(source)
@@ -71,10 +81,15 @@ def load_pipeline(
 
 
 def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
+    if Path(path).exists():  # else a hub id: diffusers resolves it
+        _check_model_folder(Path(path))
+        if is_released_layout(path):
+            return load_released(path, dtype=dtype)
     kwargs = {"use_safetensors": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    _check_loaded(pipe, path)
     family = family_of(type(pipe).__name__)
     config_path = Path(path, CONFIG_NAME)
     if getattr(pipe, "transformer_2", None) is not None:
@@ -90,9 +105,45 @@ def _load_folder(path: str, *, dtype: torch.dtype | None) -> DCMPipeline:
         return DCMPipeline(pipe, config)
     transformer = DualExpertTransformer(pipe.transformer, build_grid(config.schedule), config.detail)
     state = load_file(str(Path(path, DETAIL_DIR, WEIGHTS_NAME)))
-    transformer.load_detail_state_dict(state)
-    transformer.to(pipe.transformer.dtype)
+    transformer.load_detail_state_dict(state)  # copied into the injected layers, which keep the backbone's dtypes
     return DCMPipeline(pipe, config, transformer)
+
+
+def _check_model_folder(root: Path) -> None:
+    """A local folder must be a diffusers pipeline (a DCM folder, an export and the released layout all are), with
+    safetensors weights; else one error naming what is there."""
+    if not root.is_dir():
+        raise NotADirectoryError(f"model {str(root)!r} is a file, not a model folder")
+    index = root / "model_index.json"
+    if not index.exists():
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+        raise ValueError(
+            f"{root} is not a model folder: a DCM folder, a diffusers pipeline and the authors' released layout all "
+            f"have model_index.json; found {found[:10] if found else 'an empty folder'}"
+        )
+    components = [name for name, value in json.loads(index.read_text()).items() if isinstance(value, list)]
+    for name in components:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = [p for p in folder.iterdir() if p.is_file()]
+        pickled = sorted(p.name for p in files if p.suffix in PICKLED_SUFFIXES)
+        if pickled and not any(p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json")
+                               for p in files):  # fmt: skip
+            raise ValueError(f"{folder} holds pickled weights {pickled}: refused (unpickling runs code); convert them "
+                             f"to safetensors")  # fmt: skip
+
+
+def _check_loaded(pipe, path: str) -> None:
+    """No parameter may be left on the meta device: diffusers leaves weights a file lacks unloaded, and the model would
+    fail only at its first forward."""
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        empty = [n for n, p in component.named_parameters() if p.device.type == "meta"]
+        if empty:
+            raise ValueError(f"{path}/{name}: {len(empty)} weights are missing from the files (e.g. {empty[:5]}); "
+                             f"the folder does not fit its config")  # fmt: skip
 
 
 def _two_transformer_pipeline(pipe, family: str, config_path: Path) -> DCMPipeline:

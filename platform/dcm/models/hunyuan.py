@@ -1,7 +1,8 @@
 """HunyuanVideo family: diffusers' ``HunyuanVideoPipeline`` components, prompt encoding, latent scaling.
 
 Real checkpoints load from a diffusers folder or hub id (``hunyuanvideo-community/HunyuanVideo``). HunyuanVideo is
-guidance-distilled: it takes an *embedded* guidance value (``guidance * 1000``) instead of real CFG (spec §3, §5.2).
+guidance-distilled: it takes an *embedded* guidance value (``guidance * 1000``) instead of real CFG
+(docs/algorithm.md, "Conventions").
 Tiny models of the same classes build offline (:func:`tiny_hunyuan_components`) with in-code vocabularies.
 """
 
@@ -23,12 +24,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConf
 
 from dcm.geometry import VideoGeometry
 
-# Spec §4.1: HunyuanVideo's detail expert duplicates the timestep/guidance/pooled-text embedder, the AdaLN output
-# norm and the output projection.
+# docs/algorithm.md "Stage II: detail expert": HunyuanVideo's detail expert duplicates the timestep/guidance/
+# pooled-text embedder, the AdaLN output norm and the output projection.
 DUPLICATED_MODULES = ("time_text_embed", "norm_out", "proj_out")
 COND_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "pooled_projections", "guidance")
 DEFAULT_MAX_SEQUENCE_LENGTH = 256
-# Spec §5.2: the reference samples with embedded guidance 6.0 (x1000 inside the model).
+# docs/algorithm.md "Inference schedules": the reference samples with embedded guidance 6.0 (x1000 inside the model).
 DEFAULT_EMBEDDED_GUIDANCE = 6.0
 GUIDANCE_MULTIPLIER = 1000.0
 # Tiny tokenizers have no chat template: the prompt is used as it is.
@@ -213,13 +214,14 @@ class HunyuanFamily:
     def encode_video(
         self, pipe: HunyuanVideoPipeline, video: Tensor, *, generator: torch.Generator | None = None
     ) -> Tensor:
-        """(B, F', H', W', 3) in [0, 1] -> (B, C, F, H, W) latents times the VAE scaling factor (spec §1.1)."""
+        """(B, F', H', W', 3) in [0, 1] -> (B, C, F, H, W) latents times the VAE scaling factor ("Conventions")."""
         pixels = video.permute(0, 4, 1, 2, 3).to(pipe.vae.dtype) * 2 - 1
         return pipe.vae.encode(pixels).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
 
 
 def tapped_blocks(transformer: HunyuanVideoTransformer3DModel) -> torch.nn.ModuleList:
-    """The single-stream blocks the Stage II discriminator reads (40 in HunyuanVideo; spec §4.4)."""
+    """The single-stream blocks the Stage II discriminator reads (40 in HunyuanVideo; docs/algorithm.md, "Stage II:
+    detail expert")."""
     return transformer.single_transformer_blocks
 
 
@@ -231,7 +233,8 @@ def timestep_embedder(transformer: HunyuanVideoTransformer3DModel) -> torch.nn.M
 def readout(
     transformer: HunyuanVideoTransformer3DModel, hidden: Tensor, temb: Tensor, latent_shape: tuple[int, ...]
 ) -> Tensor:
-    """The teacher's output head on intermediate latent tokens (spec §4.4b).
+    """The teacher's output head on intermediate latent tokens (the "read-outs" of docs/algorithm.md,
+    "Stage II: detail expert").
 
     Follows the output stage of ``HunyuanVideoTransformer3DModel.forward`` (diffusers 0.42): ``norm_out(hidden, temb)``
     (AdaLN-continuous), ``proj_out``, unpatchify.

@@ -15,8 +15,8 @@ from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from dcm.geometry import VideoGeometry
 
-# Spec §4.1: the detail expert duplicates Wan's timestep/text embedder and its output projection.
-# ``norm_out`` has no parameters and ``scale_shift_table`` stays shared, as in the reference.
+# docs/algorithm.md "Stage II: detail expert": the detail expert duplicates Wan's timestep/text embedder and its output
+# projection. ``norm_out`` has no parameters and ``scale_shift_table`` stays shared, as in the reference.
 DUPLICATED_MODULES = ("condition_embedder", "proj_out")
 COND_KEYS = ("encoder_hidden_states",)
 # Wan's own default text length (WanPipeline.__call__ max_sequence_length); tiny presets use less.
@@ -33,6 +33,10 @@ class TinyWanSpec:
     ffn_dim: int = 32
     text_dim: int = 32
     text_layers: int = 2
+    # Attention and feed-forward widths of the text encoder; None: text_dim // 2 and 2 * text_dim. A wide text_dim
+    # (Wan's real 4096) with narrow inner widths keeps the encoder small.
+    text_kv_dim: int | None = None
+    text_ff_dim: int | None = None
     vae_base_dim: int = 3
     latent_channels: int = 16
     rope_max_seq_len: int = 32
@@ -76,8 +80,8 @@ def tiny_wan_components(spec: TinyWanSpec | None = None, *, seed: int = 0) -> di
         UMT5Config(
             vocab_size=len(tokenizer),
             d_model=spec.text_dim,
-            d_kv=spec.text_dim // 2,
-            d_ff=2 * spec.text_dim,
+            d_kv=spec.text_kv_dim or spec.text_dim // 2,
+            d_ff=spec.text_ff_dim or 2 * spec.text_dim,
             num_layers=spec.text_layers,
             num_heads=2,
             relative_attention_num_buckets=8,
@@ -153,7 +157,8 @@ def latent_stats(vae: AutoencoderKLWan, like: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def tapped_blocks(transformer: WanTransformer3DModel) -> torch.nn.ModuleList:
-    """The blocks whose outputs the Stage II discriminator reads (all 30 in Wan2.1-1.3B; spec §4.4)."""
+    """The blocks whose outputs the Stage II discriminator reads (all 30 in Wan2.1-1.3B; docs/algorithm.md,
+    "Stage II: detail expert")."""
     return transformer.blocks
 
 
@@ -163,7 +168,8 @@ def timestep_embedder(transformer: WanTransformer3DModel) -> torch.nn.Module:
 
 
 def readout(transformer: WanTransformer3DModel, hidden: Tensor, temb: Tensor, latent_shape: tuple[int, ...]) -> Tensor:
-    """The teacher's output head applied to intermediate tokens (spec §4.4b "velocity read-outs").
+    """The teacher's output head applied to intermediate tokens (the "read-outs" of docs/algorithm.md, "Stage II:
+    detail expert").
 
     Follows the output stage of ``WanTransformer3DModel.forward`` (diffusers 0.42): AdaLN from
     ``scale_shift_table + temb``, ``norm_out``, ``proj_out``, unpatchify.
