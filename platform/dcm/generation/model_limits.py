@@ -7,28 +7,36 @@ Both give the same value for the same model (the tests check it for every kind o
 preflight check refuse exactly what the loaded model would. The configs read are ``model_index.json`` (pipeline
 class, components, ``boundary_ratio``), ``dcm_config.json`` when present, ``transformer/config.json`` (or
 ``transformer_2/config.json``) and ``vae/config.json``. A config file may leave out arguments that have defaults
-(older diffusers releases wrote fewer keys); they are filled from the class's signature, as diffusers does.
+(older diffusers releases wrote fewer keys); they are filled from the class's signature, as diffusers does. The
+authors' released layout (:mod:`dcm.io.released`) is told apart from a plain teacher by the tensor names in its
+transformer's safetensors header (or shard index): a few kB, never the weights.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from dcm.config import DCMModelConfig, model_config_from_dict
+from dcm.config import DCMModelConfig, DetailExpertConfig, model_config_from_dict
 from dcm.generation.requests import ModelLimits
 from dcm.io.model_cache import HUB, S3, source_kind
+from dcm.io.released import INDEX_NAME, LORA_KEY, WEIGHTS_NAME, is_released_layout
 from dcm.io.storage import Store, s3_error_cause
 from dcm.models import family_of, get_family
-from dcm.presets import PRESETS
+from dcm.presets import PRESETS, released_config
 from dcm.schedule import build_grid
 
 MODEL_INDEX = "model_index.json"
 DCM_CONFIG = "dcm_config.json"
 VAE_CONFIG = "vae/config.json"
+# A safetensors file starts with the header's length (little-endian u64), then the JSON header.
+SAFETENSORS_LENGTH_BYTES = 8
+# safetensors refuses headers above 100 MB; a larger length means the file is not safetensors.
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
 
 
 class ModelFiles(Protocol):
@@ -36,6 +44,9 @@ class ModelFiles(Protocol):
 
     def read(self, filename: str) -> dict[str, Any] | None:
         """A JSON file's contents, or None when the file does not exist."""
+
+    def is_released_layout(self) -> bool:
+        """True when ``transformer/`` holds the authors' released layout (PEFT adapter keys)."""
 
 
 def model_limits(pipeline) -> ModelLimits:
@@ -84,8 +95,13 @@ def limits_from_files(files: ModelFiles, *, name: str) -> ModelLimits:
         raise ValueError(f"model {name!r} has no {MODEL_INDEX}: not a diffusers/DCM model folder")
     family_name = family_of(str(index.get("_class_name")))
     family = get_family(family_name)
-    two = _has_component(index, "transformer_2")
-    config, dcm_schedule = folder_model_config(family_name, index, files.read(DCM_CONFIG), two_transformers=two)
+    if files.is_released_layout():
+        # The detail expert's shape does not change what the model can make; the family's released config does.
+        detail = DetailExpertConfig(duplicated_modules=family.duplicated_modules)
+        config, dcm_schedule = released_config(family_name, detail), True
+    else:
+        two = _has_component(index, "transformer_2")
+        config, dcm_schedule = folder_model_config(family_name, index, files.read(DCM_CONFIG), two_transformers=two)
     transformer_file = f"{'transformer' if _has_component(index, 'transformer') else 'transformer_2'}/config.json"
     transformer_config = _full_config(family.transformer_class, _require(files, transformer_file, name))
     vae_config = _full_config(_diffusers_class(index, "vae", name), _require(files, VAE_CONFIG, name))
@@ -189,6 +205,10 @@ def _parse(text: bytes | str, filename: str, name: str) -> dict[str, Any]:
     return data
 
 
+def _has_lora_keys(keys: list[str]) -> bool:
+    return any(LORA_KEY.match(key) for key in keys)
+
+
 class _FolderFiles:
     def __init__(self, name: str, folder: str, endpoint_url: str | None) -> None:
         if not Path(folder).is_dir():
@@ -199,9 +219,12 @@ class _FolderFiles:
         path = Path(self.folder, filename)
         return _parse(path.read_bytes(), filename, self.name) if path.is_file() else None
 
+    def is_released_layout(self) -> bool:
+        return is_released_layout(self.folder)
+
 
 class _S3Files:
-    """Reads single small objects."""
+    """Reads single small objects; the released-layout check reads a shard index or one safetensors header."""
 
     def __init__(self, name: str, uri: str, endpoint_url: str | None) -> None:
         self.name, self.store = name, Store(uri, endpoint_url)
@@ -221,9 +244,23 @@ class _S3Files:
         data = self._get(filename)
         return None if data is None else _parse(data, filename, self.name)
 
+    def is_released_layout(self) -> bool:
+        index = self.read(f"transformer/{INDEX_NAME}")
+        if index is not None:
+            return _has_lora_keys(list(index.get("weight_map", {})))
+        key = f"transformer/{WEIGHTS_NAME}"
+        head = self._get(key, (0, SAFETENSORS_LENGTH_BYTES - 1))
+        if head is None or len(head) < SAFETENSORS_LENGTH_BYTES:
+            return False
+        (length,) = struct.unpack("<Q", head)
+        if not 0 < length <= MAX_SAFETENSORS_HEADER_BYTES:
+            return False
+        header = self._get(key, (SAFETENSORS_LENGTH_BYTES, SAFETENSORS_LENGTH_BYTES + length - 1))
+        return _has_lora_keys(list(_parse(header or b"{}", key, self.name)))
+
 
 class _HubFiles:
-    """Hub repositories: as the loader treats them (diffusers resolves them)."""
+    """Hub repositories: as the loader treats them (diffusers resolves them; no released-layout check)."""
 
     def __init__(self, name: str, repo_id: str, endpoint_url: str | None) -> None:
         self.name, self.repo_id = name, repo_id
@@ -244,6 +281,9 @@ class _HubFiles:
         except (HfHubHTTPError, OSError, ValueError) as err:
             raise ValueError(f"model {self.name!r}: cannot read {where} from the hub ({_first_line(err)})") from err
         return _parse(Path(path).read_bytes(), filename, self.name)
+
+    def is_released_layout(self) -> bool:
+        return False
 
 
 def _first_line(err: Exception) -> str:
