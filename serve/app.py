@@ -42,6 +42,7 @@ from serve.schemas import (
     VideoList,
     authorized,
     expected_token,
+    unexpected_error,
 )
 from serve.video_jobs import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, JobService, JobStore, is_job_id, new_job_id
 from serve.video_request import resolve_create
@@ -84,7 +85,7 @@ async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResp
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)  # never leak a trace to clients
-    return _error_response(ApiError(500, "internal error", code="internal_error", type="server_error"))
+    return _error_response(unexpected_error(err))
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}

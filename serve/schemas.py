@@ -243,6 +243,17 @@ class ApiError(Exception):
         return ErrorResponse(error=self.detail).model_dump()
 
 
+def unexpected_error(err: Exception) -> ApiError:
+    """The answer to an exception no route expected: 503 when the job storage failed (S3 or the local disk), which
+    a retry may get past, else 500. Neither names the cause (a bucket, a path): the replica's log has it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(err, (OSError, BotoCoreError, ClientError)):
+        return ApiError(503, "the job storage is unavailable; retry shortly", code="storage_unavailable",
+                        type="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+    return ApiError(500, "internal error", code="internal_error", type="server_error")
+
+
 def busy_error(message: str) -> ApiError:
     return ApiError(503, message, code="server_busy", type="server_error",
                     headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip

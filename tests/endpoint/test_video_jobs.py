@@ -16,7 +16,7 @@ import pytest
 from dcm.generation import VideoGenerator
 from dcm.io.storage import Store
 from dcm.io.video import decode_mp4
-from serve.schemas import ApiError, JobSettings
+from serve.schemas import ApiError, JobSettings, unexpected_error
 from serve.video_jobs import (
     DEFAULT_EXPECTED_S,
     MIN_POLL_MS,
@@ -337,3 +337,24 @@ def test_poll_hint_is_a_fraction_of_the_expected_remaining_time(tmp_path, genera
         assert a.expected_s > DEFAULT_EXPECTED_S  # learned from the (slow, by the fake clock) job
 
     asyncio.run(main())
+
+
+@pytest.mark.s3
+def test_a_storage_failure_is_a_503_that_names_no_bucket(s3_endpoint, generator):
+    service_held = []
+
+    async def main():
+        service = JobService(
+            store=JobStore(Store("s3://no-such-bucket-here/jobs")), settings=JobSettings(), model="tiny-wan",
+            owner="a", resolve=generator.resolve, submit=ManualQueue().submit, clock=Clock(),
+        )  # fmt: skip
+        with pytest.raises(Exception) as info:
+            await create(service, generator)
+        service_held.append(service.held)
+        return unexpected_error(info.value)
+
+    answer = asyncio.run(main())
+    assert answer.status == 503 and answer.detail.code == "storage_unavailable" and answer.headers["Retry-After"]
+    assert not service_held[0]  # the job that could not be stored is not held
+    assert "no-such-bucket" not in answer.detail.message
+    assert unexpected_error(KeyError("a bug")).status == 500
