@@ -26,6 +26,7 @@ from dcm.generation import ResolvedRequest, VideoGenerator, VideoResult
 from dcm.io.storage import Store, is_s3
 from dcm.pages.playground import PlaygroundSettings, render_playground
 from serve.api_docs import render_api_docs
+from serve.autoscaling import HELD_JOBS_METRIC
 from serve.bodies import BodyLimitMiddleware, parse_body
 from serve.schemas import (
     LATENCY_BUCKETS_S,
@@ -133,6 +134,10 @@ class VideoGen:
     async def __del__(self) -> None:
         """Graceful shutdown: hand held jobs to the other replicas at once instead of after their lease."""
         await self.jobs.stop(release=True)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What :func:`serve.autoscaling.held_jobs_policy` scales on: the jobs this replica holds."""
+        return {HELD_JOBS_METRIC: float(self.jobs.load)}
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs from ``user_config``: batch size and wait (no replica restart)."""

@@ -431,6 +431,36 @@ def test_playground_shows_progress_then_plays_and_explains_errors(server, browse
     browser.save_screenshot(f"{artifacts_dir}/playground.png")
 
 
+def test_held_jobs_scale_the_deployment_up_though_no_request_is_ongoing(server):
+    """Serve's default policy counts ongoing HTTP requests: after the creates have answered there are none, yet the
+    jobs-held policy asks for a second replica."""
+    from ray import serve
+
+    from serve.app import VideoGen
+
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0,
+                   "metrics_interval_s": 0.5, "look_back_period_s": 1,
+                   "policy": {"policy_function": "serve.autoscaling:held_jobs_policy"}}  # fmt: skip
+    app = VideoGen.options(autoscaling_config=autoscaling, ray_actor_options=server["options"],
+                           user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})  # fmt: skip
+    serve.run(app.bind(server["settings"]), name="endpoint-scaled", route_prefix="/scaled")
+    big = {"prompt": "a crowd of circles", "num_frames": 65, "height": 128, "width": 128}
+    ids = []
+    for seed in range(5):
+        status, _, body = call(server["base"] + "/scaled/v1/videos", {**big, "seed": seed}, headers=AUTH)
+        assert status == 200
+        ids.append(json.loads(body)["id"])
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    replicas = 1
+    while replicas < 2:
+        assert time.monotonic() < deadline, "the deployment did not scale up for its held jobs"
+        time.sleep(0.5)
+        replicas = sum(serve.status().applications["endpoint-scaled"].deployments["VideoGen"].replica_states.values())
+    for video_id in ids:  # nothing left for other replicas to take up
+        assert call(server["base"] + f"/v1/videos/{video_id}", headers=AUTH, method="DELETE")[0] == 200
+    serve.delete("endpoint-scaled")
+
+
 def test_a_killed_replicas_jobs_complete_on_another_replica_within_the_bound(server, client):
     """A second application shares the storage; its replica dies mid-job; the jobs complete (taken up by a
     replica of either application) with ``attempts`` > 1, polled through the first application."""
