@@ -139,10 +139,10 @@ class VideoCreate(BaseModel):
     size: str | None = Field(default=None, description='"WIDTHxHEIGHT", e.g. "64x64"')
     seed: int | None = Field(default=None, description="same seed and parameters give the same video (default 0)")
     negative_prompt: str | None = Field(default=None, description="used only with guidance_scale > 1")
-    num_inference_steps: int | None = None
+    num_inference_steps: int | None = Field(default=None, description="sampler steps (the model's schedule decides)")
     num_frames: int | None = Field(default=None, description="4n + 1 frames (instead of seconds)")
-    height: int | None = None
-    width: int | None = None
+    height: int | None = Field(default=None, description="pixels (with width, instead of size)")
+    width: int | None = Field(default=None, description="pixels (with height, instead of size)")
     fps: int | None = Field(default=None, description="frame rate written into the MP4")
     guidance_scale: float | None = Field(default=None, description="classifier-free guidance; 1 = none")
 
