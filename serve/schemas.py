@@ -40,7 +40,8 @@ class JobSettings:
             ``lease_s`` old (its replica died) is taken up by the next replica that sees it.
         sweep_interval_s: how often each replica looks for such jobs (a poll of the job also triggers the look),
             so a dead replica's job is running again within ``lease_s + sweep_interval_s``.
-        max_attempts: a job whose replica died this many times is failed with the reason instead of retried.
+        max_attempts: a job whose replica died (or stopped) this many times is failed with the reason instead of
+            retried.
     """
 
     max_jobs: int = 16
@@ -187,7 +188,7 @@ class VideoJob(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     batch_size: int | None = Field(default=None, description="videos generated in the same sampler call")
-    attempts: int = Field(default=1, description="1, plus 1 per replica that died while holding the job")
+    attempts: int = Field(default=1, description="1, plus 1 per replica that died or stopped holding the job")
     queue_seconds: float | None = Field(default=None, description="from creation to the sampler starting")
     generation_seconds: float | None = Field(default=None, description="sampler, decoding and encoding, per video")
 

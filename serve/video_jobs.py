@@ -226,10 +226,13 @@ class JobService:
         self._loops = []
         if release:
             for held in list(self.held.values()):
-                held.cancelled = True
-                expired = held.record.model_copy(update={"lease_expires_at": self.clock()})
-                with contextlib.suppress(Exception):  # best effort: the lease expires on its own anyway
-                    await asyncio.to_thread(self.store.put, expired)
+                async with held.lock:  # not between a write's read and its put: a completed job stays completed
+                    if held.cancelled or not held.record.pending:
+                        continue
+                    held.cancelled = True
+                    expired = held.record.model_copy(update={"lease_expires_at": self.clock()})
+                    with contextlib.suppress(Exception):  # best effort: the lease expires on its own anyway
+                        await asyncio.to_thread(self.store.put, expired)
 
     @property
     def load(self) -> int:

@@ -358,3 +358,18 @@ def test_a_storage_failure_is_a_503_that_names_no_bucket(s3_endpoint, generator)
     assert not service_held[0]  # the job that could not be stored is not held
     assert "no-such-bucket" not in answer.detail.message
     assert unexpected_error(KeyError("a bug")).status == 500
+
+
+def test_a_replica_stopping_gracefully_hands_its_jobs_over_at_once(tmp_path, generator):
+    async def main():
+        clock = Clock()
+        a, _ = replica(tmp_path, "a", clock, generator)
+        b, b_queue = replica(tmp_path, "b", clock, generator)
+        job_id = (await create(a, generator)).video.id
+        await a.stop(release=True)  # what the deployment's __del__ does on scale-down or redeploy
+        await b.sweep()  # no lease to wait for
+        assert (b.store.get(job_id).lease_owner, b.store.get(job_id).video.attempts) == ("b", 2)
+        await b_queue.drain(b, generator.generate)
+        assert (await b.retrieve(job_id)).video.status == "completed"
+
+    asyncio.run(main())
