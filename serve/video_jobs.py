@@ -268,13 +268,14 @@ class JobService:
                            created=now)  # fmt: skip
         held = HeldJob(record=record, request=request, renewed_at=now)
         self.held[video.id] = held  # counted from here: concurrent creates cannot overfill the queue
+        # Queued while it is being stored (the batch wait overlaps the writes); answered only once it is stored.
+        held.task = asyncio.get_running_loop().create_task(self._run(held))
         try:
             await asyncio.gather(asyncio.to_thread(self.store.put, record),
                                  asyncio.to_thread(self.store.mark_active, video.id))  # fmt: skip
         except BaseException:
-            self.held.pop(video.id, None)
+            held.cancelled = True  # never answered as created: the batch drops it, nothing is written for it
             raise
-        held.task = asyncio.get_running_loop().create_task(self._run(held))
         return record
 
     async def retrieve(self, job_id: str) -> JobRecord | None:
