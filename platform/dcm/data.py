@@ -27,8 +27,6 @@ from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 from safetensors.torch import load, save
@@ -129,6 +127,9 @@ class DatasetWriter:
 
     def close(self) -> dict:
         """Writes the last shard, the index and meta.json (last, so a reader never sees a half-written dataset)."""
+        import pyarrow as pa  # imported where used: readers of the data (and GPU checks) need no pyarrow
+        import pyarrow.parquet as pq
+
         self._flush()
         if not self._index:
             raise ValueError("no samples were added")
@@ -186,6 +187,8 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def _sizes_from_index(self) -> list[int]:
         """Datasets written before meta.json had ``shard_sizes``: count rows per shard in the index."""
+        import pyarrow.parquet as pq
+
         table = pq.read_table(io.BytesIO(self.store.get_bytes(INDEX_NAME)), columns=["shard"])
         names = table.column("shard").to_pylist()
         return [names.count(name) for name in self.meta["shards"]]

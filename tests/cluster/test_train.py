@@ -25,6 +25,7 @@ from dcm.cluster.train import run_distillation
 from dcm.data import LatentDataset, with_negative
 from dcm.distill.build import build_stage
 from dcm.distill.config import DETAIL_STAGE, FSDP, SEMANTIC_STAGE, STAGES, OptimizerConfig
+from dcm.distill.memory import shard_elements
 from dcm.distill.parallel import unwrap
 from dcm.distill.recipes import tiny, tiny_hunyuan
 from dcm.distill.steps import TRAIN_STEPS
@@ -92,7 +93,12 @@ def fsdp_checks(loop_config: dict) -> None:
                                          config=stage_config)  # fmt: skip
             losses.append(metrics["loss_cd"])
         teacher = dict(models.teacher.named_parameters())
+        local = [params[n].to_local() for n in trainable]  # this worker's shards
+        states = [v.to_local() for st in optimizers.generator.state.values() for k, v in st.items() if k != "step"]
         result = {
+            "local_elements": sum(t.numel() for t in local),
+            "local_state_elements": sum(t.numel() for t in states),
+            "planned_elements": shard_elements(tuple(tuple(params[n].shape) for n in trainable), world),
             "sharded": all(hasattr(params[n], "full_tensor") for n in trainable),
             "num_trainable": len(trainable),
             "no_grad": [n for n in trainable if params[n].grad is None or not full(params[n].grad).abs().sum() > 0],
@@ -135,6 +141,9 @@ def test_fsdp_over_two_gloo_workers_trains_both_stages(ray_cluster, tmp_path, re
     for stage in STAGES:
         result = report[stage]
         assert result["sharded"] and result["num_trainable"] > 0, (stage, result)
+        # rank 0 holds ceil(rows / 2) rows of every parameter and of its AdamW states: what the memory plan counts
+        assert result["local_elements"] == result["planned_elements"], result
+        assert result["local_state_elements"] == 2 * result["planned_elements"], result
         assert result["no_grad"] == [], (stage, result["no_grad"])
         assert result["unchanged"] == [], (stage, result["unchanged"])
         assert result["frozen_moved"] == [] and result["teacher_moved"] == [], stage

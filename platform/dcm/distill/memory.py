@@ -99,8 +99,17 @@ OUTSIDE_SAVED: dict[tuple[str, str], tuple[float, float, float]] = {  # (role, p
     ("input", "bf16"): (4, 2, 8),
 }
 ROPE_BYTES_PER_HEAD_CHANNEL = {"fp32": 8, "bf16": 4}
-# A feature tap's read-out through the teacher's output head: its norm's fp32 input and output and per-row stats.
-READOUT_SAVED = SavedCounts(d=8, c=8)
+# A feature tap's read-out through the teacher's output head: per-row statistics of its norm (its input is the tap).
+READOUT_SAVED = SavedCounts(c=8)
+# The discriminator, per token per head: six hidden-width tensors (the GroupNorms' inputs and outputs, the
+# LeakyReLUs'), fp32; in bf16 compute twelve bytes per hidden channel plus the bf16 copy of the tokens. In its own step
+# (its weights trained, fake and real tokens together) it also keeps its first convolution's input. Keys: precision ->
+# (bytes per hidden channel, bytes per D).
+DISC_SAVED_IN_GENERATOR_STEP = {"fp32": (24, 0), "bf16": (12, 2)}
+DISC_SAVED_IN_DISC_STEP = {"fp32": (24, 4), "bf16": (12, 2)}
+# The losses keep fp32 latent-sized tensors: the pseudo-Huber difference, Stage I's frame differences for the TCL,
+# and Stage II's concatenated read-outs for feature matching (one latent per tap).
+LATENT_BYTES = FP32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,21 +294,24 @@ def block_tokens(arch: Architecture, tokens: int, text_len: int) -> int:
     return tokens + text_len if arch.family == "hunyuan" else tokens
 
 
-def checkpointed_bytes(arch: Architecture, role: str, precision: str, tokens: int, text_len: int) -> float:
-    """With activation checkpointing: every block keeps its input; the backward pass recomputes one block at a time
-    in full; what runs outside the blocks is saved as before."""
+def checkpointed_bytes(
+    arch: Architecture, role: str, precision: str, tokens: int, text_len: int
+) -> tuple[float, float]:
+    """With activation checkpointing: ``(kept, recompute)``. Every block keeps its input and what runs outside the
+    blocks is saved as before (``kept``); the backward pass recomputes one block at a time in full (``recompute``, the
+    largest block's activations)."""
     compute_bytes = BF16 if precision == "bf16" else FP32
     kept = sum(k.count for k in arch.blocks) * block_tokens(arch, tokens, text_len) * arch.hidden * compute_bytes
-    largest = max(
+    recompute = block_tokens(arch, tokens, text_len) * max(
         BLOCK_SAVED[(arch.family, k.name, role, precision)].bytes_per_token(
             hidden=arch.hidden, ffn=arch.ffn, heads=arch.heads, rank=arch.lora_rank
         )
         for k in arch.blocks
     )
     per_d, per_p, const = OUTSIDE_SAVED[(role, precision)]
-    outside = tokens * (per_d * arch.hidden + per_p * arch.patch_values + const)
-    outside += tokens * ROPE_BYTES_PER_HEAD_CHANNEL[precision] * arch.head_dim
-    return kept + block_tokens(arch, tokens, text_len) * largest + outside
+    kept += tokens * (per_d * arch.hidden + per_p * arch.patch_values + const)
+    kept += tokens * ROPE_BYTES_PER_HEAD_CHANNEL[precision] * arch.head_dim
+    return kept, recompute
 
 
 def readout_bytes(arch: Architecture, num_taps: int, tokens: int) -> float:
@@ -308,18 +320,47 @@ def readout_bytes(arch: Architecture, num_taps: int, tokens: int) -> float:
     return num_taps * tokens * per_token
 
 
-def stage_activations(arch: Architecture, stage: str, precision: str, tokens: int, text_len: int, *,
-                      checkpointed: bool) -> float:  # fmt: skip
-    """One sample's saved activations at the step's peak (the student's graph is alive while Stage II runs the teacher
-    on the fake sample)."""
-    measure = checkpointed_bytes if checkpointed else saved_bytes
+def stage_activations(
+    arch: Architecture, stage: str, precision: str, latent_shape: tuple[int, ...], text_len: int, *,
+    checkpointed: bool, tcl_stride: int, disc_hidden: int,
+) -> float:  # fmt: skip
+    """One sample's saved activations at the step's peak.
+
+    Stage I holds the student's graph and its losses; Stage II the student's graph, the teacher's on the fake sample,
+    the read-outs, the discriminator's on the fake features and the losses, and later, alone, the discriminator's own
+    step. With checkpointing the backward pass frees the losses', discriminator's and read-outs' tensors before it
+    recomputes the first block, so that peak is what the forwards keep plus the larger of those and one block's
+    recompute.
+
+    Args:
+        latent_shape: (C, F, H, W) of one sample.
+    """
+    tokens = num_tokens(arch, latent_shape)
+    latent = tokens * arch.patch_values * LATENT_BYTES  # one latent-sized fp32 tensor
     if stage == SEMANTIC_STAGE:
-        return measure(arch, "full", precision, tokens, text_len)
-    return (
-        measure(arch, "lora", precision, tokens, text_len)
-        + measure(arch, "input", precision, tokens, text_len)
-        + readout_bytes(arch, arch.num_taps, tokens)
-    )
+        frames = latent_shape[1]
+        roles = ("full",)
+        extra = latent * (1 + ((frames - tcl_stride) / frames if frames > tcl_stride else 0.0))
+        disc_step = 0.0
+    else:
+        roles = ("lora", "input")
+
+        def discriminator(counts: dict[str, tuple[float, float]], num_tokens: int) -> float:
+            per_hidden, per_d = counts[precision]
+            return arch.num_taps * num_tokens * (per_hidden * disc_hidden + per_d * arch.hidden)
+
+        extra = (
+            readout_bytes(arch, arch.num_taps, tokens)
+            + discriminator(DISC_SAVED_IN_GENERATOR_STEP, tokens)
+            + latent * (1 + arch.num_taps)
+        )
+        disc_step = discriminator(DISC_SAVED_IN_DISC_STEP, 2 * tokens)  # fake and real in one batch
+    if not checkpointed:
+        generator = sum(saved_bytes(arch, role, precision, tokens, text_len) for role in roles) + extra
+    else:
+        parts = [checkpointed_bytes(arch, role, precision, tokens, text_len) for role in roles]
+        generator = sum(kept for kept, _ in parts) + max(extra, max(recompute for _, recompute in parts))
+    return max(generator, disc_step)
 
 
 def plan_memory(
@@ -336,7 +377,7 @@ def plan_memory(
     sharded = config.strategy == FSDP and config.num_workers > 1
     shards = config.num_workers if sharded else 1
     precision = "bf16" if gpu else "fp32"
-    tokens, text = num_tokens(arch, latent_shape), text_len
+    tokens = num_tokens(arch, latent_shape)
     stages = []
     for stage in config.stages:
         trained = arch.params if stage == SEMANTIC_STAGE else arch.detail_params
@@ -358,7 +399,19 @@ def plan_memory(
             # autocast keeps bf16 copies of the fp32 student weights the backward pass needs
             rows["autocast weight copies"] = BF16 * arch.num_params
         act = {
-            ckpt: int(config.batch_size * stage_activations(arch, stage, precision, tokens, text, checkpointed=ckpt))
+            ckpt: int(
+                config.batch_size
+                * stage_activations(
+                    arch,
+                    stage,
+                    precision,
+                    latent_shape,
+                    text_len,
+                    checkpointed=ckpt,
+                    tcl_stride=config.semantic.tcl_stride,
+                    disc_hidden=config.detail.discriminator.hidden,
+                )  # fmt: skip
+            )
             for ckpt in (True, False)
         }
         rows["activations"] = act[config.activation_checkpointing]

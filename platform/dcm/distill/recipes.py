@@ -35,9 +35,9 @@ TINY_DISC_GROUPS = 8
 WAN_VIDEO = TrainingVideo(num_frames=81, height=480, width=832)
 WAN_GUIDANCE_SCALE = 6.0
 # HunyuanVideo is guidance-distilled (embedded guidance inside the model): no real CFG on its targets. The reference
-# trains 720x1280 with sequence parallelism over 4 GPUs; without it, 33 frames (9 latent frames) is the largest
+# trains 720x1280 with sequence parallelism over 4 GPUs; without it, 45 frames (12 latent frames) is the largest
 # 720p clip the memory plan fits on 8 x 80 GB with FSDP and checkpointing (docs/distillation.md, "Memory plan").
-HUNYUAN_VIDEO = TrainingVideo(num_frames=33, height=720, width=1280)
+HUNYUAN_VIDEO = TrainingVideo(num_frames=45, height=720, width=1280)
 HUNYUAN_GUIDANCE_SCALE = 1.0
 HUNYUAN_NUM_WORKERS = 8
 # Tiny presets train on 9-frame 32x32 clips (the test data's size).
