@@ -23,6 +23,7 @@ from contextlib import contextmanager
 logger = logging.getLogger(__name__)
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOCAL_ADDRESS = "local"
 # Non-secret settings a cluster's workers need to find storage and models the way the driver does.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "DCM_MODEL_CACHE")
 
@@ -75,7 +76,9 @@ def init_ray(address: str | None = None, *, num_cpus: float | None = None, num_g
             "set_loopback_env()) before importing ray"
         )
     logger.info("starting a local Ray on 127.0.0.1")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env)
+    # "local": a fresh Ray of this process, never a head that `ray start` left on this machine (ray.init()'s default).
+    ray.init(address=LOCAL_ADDRESS, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             runtime_env=runtime_env)  # fmt: skip
     return True
 
 
