@@ -8,8 +8,15 @@ import torch
 
 from dcm.data import LatentDataset, with_negative
 from dcm.distill.build import build_stage
-from dcm.distill.checkpoint import fingerprint, identity_difference, load_checkpoint, run_identity, save_checkpoint
-from dcm.distill.config import DETAIL_STAGE
+from dcm.distill.checkpoint import (
+    fingerprint,
+    identity_difference,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+    stage_identity,
+)
+from dcm.distill.config import DETAIL_STAGE, SEMANTIC_STAGE
 from dcm.distill.recipes import tiny
 from dcm.distill.steps import detail_train_step
 from dcm.io.model_folder import load_pipeline
@@ -81,3 +88,15 @@ def test_run_identity_covers_what_is_trained_and_nothing_else(tmp_path):
         assert identity_difference(ours, theirs).startswith(f"{field}: "), identity_difference(ours, theirs)
     changed_data = run_identity(config, {**meta, "num_samples": 9})
     assert "data_meta" in identity_difference(ours, changed_data)
+
+    # Per stage: Stage II trained on Stage I's output is another run once Stage I trains longer; Stage I is not.
+    def stage_print(c, stage):
+        return fingerprint(stage_identity(run_identity(c, meta), c, stage))
+
+    longer_one = replace(config, semantic=replace(config.semantic, num_steps=99))
+    longer_two = replace(config, detail=replace(config.detail, num_steps=99))
+    assert stage_print(longer_one, SEMANTIC_STAGE) == stage_print(config, SEMANTIC_STAGE)
+    assert stage_print(longer_one, DETAIL_STAGE) != stage_print(config, DETAIL_STAGE)
+    assert stage_print(longer_two, DETAIL_STAGE) == stage_print(config, DETAIL_STAGE)
+    alone = replace(config, stages=(DETAIL_STAGE,))  # Stage II alone starts from the teacher: another input
+    assert stage_print(alone, DETAIL_STAGE) != stage_print(config, DETAIL_STAGE)

@@ -32,6 +32,7 @@ from dcm.distill.checkpoint import (
     load_checkpoint,
     run_identity,
     save_checkpoint,
+    stage_identity,
 )
 from dcm.distill.config import DETAIL_STAGE, DistillConfig
 from dcm.distill.memory import GiB, format_plan
@@ -176,10 +177,11 @@ def save_stage_output(config: DistillConfig, stage: str, dcm) -> None:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """A run whose inputs passed every check (paths resolved) and whose fingerprint is claimed."""
+    """A run whose inputs passed every check (paths resolved) and whose folders are claimed; one fingerprint per
+    stage, stored with that stage's checkpoints."""
 
     config: DistillConfig
-    fingerprint: str
+    fingerprints: dict[str, str]
 
 
 def prepare_distillation(
@@ -206,9 +208,9 @@ def prepare_distillation(
                 "--strategy fsdp, a smaller video or batch), or pass --ignore-memory-plan"
             )
     identity = run_identity(config, inputs.data_meta)
-    run_fingerprint = fingerprint(identity)
-    claim_run(config, identity, run_fingerprint)
-    return PreparedRun(config=config, fingerprint=run_fingerprint)
+    claim_run(config, identity)
+    stages = {stage: fingerprint(stage_identity(identity, config, stage)) for stage in config.stages}
+    return PreparedRun(config=config, fingerprints=stages)
 
 
 def train_stages(run: PreparedRun) -> dict[str, dict]:
@@ -221,7 +223,7 @@ def train_stages(run: PreparedRun) -> dict[str, dict]:
     for stage in config.stages:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": config, "stage": stage, "fingerprint": run.fingerprint},
+            train_loop_config={"config": config, "stage": stage, "fingerprint": run.fingerprints[stage]},
             scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             run_config=RunConfig(
@@ -275,28 +277,30 @@ def resolve_paths(config: DistillConfig, *, on_cluster: bool) -> DistillConfig:
                    output=absolute(config.output), storage_path=absolute(config.storage()))  # fmt: skip
 
 
-def claim_run(config: DistillConfig, identity: dict, run_fingerprint: str) -> None:
-    """Writes the run's record beside its output and each stage's checkpoint folder, after checking that no other run
-    owns them. A folder another run wrote (another fingerprint), or one holding files without a record, is refused.
+def claim_run(config: DistillConfig, identity: dict) -> None:
+    """Writes the run's record beside its output and each stage's identity beside that stage's checkpoint folder,
+    after checking that no other run owns them. A folder another run wrote (another fingerprint), or one holding files
+    without a record, is refused.
 
     Raises:
-        ValueError: naming the folder, the other run and how the two runs differ.
+        ValueError: naming the folder, the other run and how the two differ.
     """
-    record = json.dumps({"fingerprint": run_fingerprint, "identity": identity}, indent=2).encode()
-    stage_folders = [f"{config.storage().rstrip('/')}/{stage_run_name(config, s)}" for s in config.stages]
-    output_content = [f"{config.output.rstrip('/')}/{d}" for d in STAGE_DIRS.values()]
-    for folder, owned in [(config.output, output_content), *[(f, [f]) for f in stage_folders]]:
+    stage_folders = {s: f"{config.storage().rstrip('/')}/{stage_run_name(config, s)}" for s in config.stages}
+    claims = [(config.output, identity, [f"{config.output.rstrip('/')}/{d}" for d in STAGE_DIRS.values()])]
+    claims += [(folder, stage_identity(identity, config, s), [folder]) for s, folder in stage_folders.items()]
+    for folder, ours, owned in claims:
         store = Store(folder)
         if store.exists(RUN_RECORD):
             theirs = json.loads(store.get_bytes(RUN_RECORD))
-            if theirs["fingerprint"] != run_fingerprint:
+            if theirs["fingerprint"] != fingerprint(ours):
                 raise ValueError(
                     f"{folder} belongs to another run ({theirs['fingerprint']}; differs in "
-                    f"{identity_difference(identity, theirs['identity'])}); pass another --output, --storage-path or "
+                    f"{identity_difference(ours, theirs['identity'])}); pass another --output, --storage-path or "
                     "--run-name, or delete that folder to start over"
                 )
         elif any(Store(path).list() for path in owned):
             raise ValueError(f"{folder} holds files of an unknown run (no {RUN_RECORD}); pass another --output, "
                              "--storage-path or --run-name")  # fmt: skip
-    for folder in [config.output, *stage_folders]:
-        Store(folder).put_bytes(RUN_RECORD, record, content_type="application/json")
+    for folder, ours, _ in claims:
+        record = {"fingerprint": fingerprint(ours), "identity": ours}
+        Store(folder).put_bytes(RUN_RECORD, json.dumps(record, indent=2).encode(), content_type="application/json")

@@ -8,7 +8,8 @@ folder. Ray Train uploads the folder to the run's storage and hands it back on r
 
 A run's **identity** is what it trains: teacher, data (path and meta.json), output, grid, detail expert, both stages'
 objectives and optimizers, batch size, workers and strategy, seed. Not part of it: step counts (a run may be extended),
-logging / checkpoint / validation cadence, storage path and run name. Its **fingerprint** (a hash of the identity) is
+logging / checkpoint / validation cadence, storage path and run name. Each stage adds what it starts from (Stage II
+trained on Stage I's output also depends on Stage I's step count). The **fingerprint** (a hash of an identity) is
 stored with every checkpoint and beside the run's folders; a different run never resumes from them.
 """
 
@@ -28,7 +29,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dcm.config import to_dict
-from dcm.distill.config import DistillConfig
+from dcm.distill.build import stage_input
+from dcm.distill.config import DETAIL_STAGE, SEMANTIC_STAGE, DistillConfig
 from dcm.distill.steps import Optimizers, StageModels
 
 STATE_NAME = "state.json"
@@ -47,6 +49,15 @@ def run_identity(config: DistillConfig, data_meta: dict) -> dict:
         identity[stage] = {k: v for k, v in identity[stage].items() if k != "num_steps"}
     identity["data_meta"] = data_meta
     return identity
+
+
+def stage_identity(identity: dict, config: DistillConfig, stage: str) -> dict:
+    """A stage's identity: the run's, plus what the stage starts from. Stage II trained on Stage I's output depends on
+    how long Stage I trained: extending Stage I makes Stage II's checkpoints another run's."""
+    extra = {"stage": stage, "stage_input": stage_input(config, stage)}
+    if stage == DETAIL_STAGE and SEMANTIC_STAGE in config.stages:
+        extra["semantic_num_steps"] = config.semantic.num_steps
+    return identity | extra
 
 
 def fingerprint(identity: dict) -> str:

@@ -449,16 +449,18 @@ def format_plan(plan: MemoryPlan) -> str:
         f"{plan.tokens} tokens per sample, activation checkpointing {'on' if plan.activation_checkpointing else 'off'}"
     ]
     names = list(dict.fromkeys(name for stage in plan.stages for name in stage.rows))
-    header = f"{'':26s}" + "".join(f"{s.stage:>12s}" for s in plan.stages)
+    header = f"{'':32s}" + "".join(f"{s.stage:>12s}" for s in plan.stages)
     lines.append(header)
     for name in names:
         cells = "".join(f"{s.rows[name] / GiB:12.2f}" if name in s.rows else f"{'-':>12s}" for s in plan.stages)
-        lines.append(f"{name + ' (GiB)':26s}{cells}")
-    lines.append(f"{'total (GiB)':26s}" + "".join(f"{s.total / GiB:12.2f}" for s in plan.stages))
-    lines.append(
-        f"{'activations, ckpt on':26s}" + "".join(f"{s.activations_checkpointed / GiB:12.2f}" for s in plan.stages)
-    )
-    lines.append(f"{'activations, ckpt off':26s}" + "".join(f"{s.activations_full / GiB:12.2f}" for s in plan.stages))
+        lines.append(f"{name + ' (GiB)':32s}{cells}")
+    summary = {
+        "total": [s.total for s in plan.stages],
+        "activations, ckpt on": [s.activations_checkpointed for s in plan.stages],
+        "activations, ckpt off": [s.activations_full for s in plan.stages],
+    }
+    for name, values in summary.items():
+        lines.append(f"{name + ' (GiB)':32s}" + "".join(f"{v / GiB:12.2f}" for v in values))
     if plan.capacity is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(
