@@ -21,6 +21,9 @@ def data(tmp_path_factory):
         write_synthetic_dataset(
             load_pipeline(teacher), paths[teacher], num_samples=2, num_frames=9, height=32, width=32
         )
+    paths["odd-size"] = str(tmp_path_factory.mktemp("odd") / "data")  # 40 x 40 pixels: 5 x 5 latents
+    write_synthetic_dataset(load_pipeline("tiny-wan"), paths["odd-size"], num_samples=2, num_frames=9, height=40,
+                            width=40)  # fmt: skip
     return paths
 
 
@@ -48,6 +51,8 @@ def test_bad_input_is_one_line_and_exit_code_2(data, tmp_path, capsys):
     fails(["--recipe", "tiny", "--data", str(tmp_path / "missing"), *out], "is not a DCM training dataset")
     fails(["--recipe", "tiny", "--data", data["tiny-hunyuan"], *out],
           f"data {data['tiny-hunyuan']} holds 'hunyuan' latents, the teacher 'tiny-wan' is 'wan'")  # fmt: skip
+    fails(["--recipe", "tiny", "--data", data["odd-size"], *out],
+          "data latent shape [16, 3, 5, 5] is not divisible by the patch size (1, 2, 2)")  # fmt: skip
     # the real Wan recipe on a 16 GiB card: its memory plan refuses the run before Ray starts
     fails(["--recipe", "wan2.1-1.3b", "--data", data["tiny-wan"], *out, "--gpu-memory-gb", "16"],
           "usable of gpu_memory_gb=16.0; see `jobs/distill.py --plan`")  # fmt: skip
