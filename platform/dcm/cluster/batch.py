@@ -72,8 +72,9 @@ DEFAULT_CPUS_PER_ACTOR = 0.5
 # arrive every few minutes even with a slow model. Small runs use smaller blocks so every actor gets work.
 DEFAULT_ROWS_PER_BLOCK = 256
 BLOCKS_PER_ACTOR = 4
-# Manifest rows read per Arrow batch while planning (bounded driver memory for any manifest size).
-PLAN_BATCH_ROWS = 8192
+# Manifest rows read per Arrow batch while planning: the driver's working set is this many rows as Python values
+# (about 10 MB), whatever the manifest's size.
+PLAN_BATCH_ROWS = 2048
 # A results part is written every this many records or seconds, whichever comes first.
 PART_ROWS = 10_000
 DEFAULT_PART_SECONDS = 30.0
@@ -524,11 +525,12 @@ def generate(
         )
     timings, counts = Timings(), Counter()
     with tqdm(total=plan.num_todo, unit="video", disable=not progress, desc="generating") as bar:
-        for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for part in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             elapsed = time.perf_counter() - start
             if not counts:
                 timings.first_result_seconds, timings.first_result_rows = elapsed, len(part)
             timings.last_result_seconds = elapsed
+            logger.debug("%d records at %.2f s", len(part), elapsed)
             writer.add(part)
             counts.update(part.column("status").to_pylist())
             bar.update(len(part))
