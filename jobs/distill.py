@@ -17,14 +17,16 @@ docs/distillation.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import replace
 
 from dcm.cli import job_parser, run_job
-from dcm.distill.config import DETAIL_STAGE, SEMANTIC_STAGE, STAGES, STRATEGIES, DistillConfig
+from dcm.distill.config import DETAIL_STAGE, FSDP, SEMANTIC_STAGE, STAGES, STRATEGIES, DistillConfig
 from dcm.distill.recipes import RECIPES as CORE_RECIPES
 from dcm_demo.recipes import RECIPES as DEMO_RECIPES
 
+logger = logging.getLogger("distill")
 RECIPES = CORE_RECIPES | DEMO_RECIPES
 BOTH = "both"
 
@@ -73,8 +75,17 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def warn_ineffective(args: argparse.Namespace, config: DistillConfig) -> None:
+    """Flags that change nothing for this run say so (they are not errors: a recipe may be run on CPUs for a try)."""
+    if not config.use_gpu and (args.gpu_memory_gb is not None or args.ignore_memory_plan) and not args.plan:
+        logger.warning("--gpu-memory-gb / --ignore-memory-plan have no effect: this run uses no GPU")
+    if config.strategy == FSDP and config.num_workers == 1:
+        logger.warning("--strategy fsdp with one worker shards nothing: the one worker holds every parameter")
+
+
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
+    warn_ineffective(args, config)
     if args.plan:
         from dcm.distill.memory import format_plan
         from dcm.distill.preflight import check_inputs, plan_run
