@@ -166,6 +166,12 @@ def test_plan_matches_what_a_step_holds(datasets, family, stage, tmp_path):
     checkpointed, _, _, _ = measured_step(config, stage, datasets[family], checkpointing=True, per_block=per_block)
     assert checkpointed < full
     ratio = stage_plan.activations_checkpointed / checkpointed
+    mib = 2**20  # a row of docs/distillation.md's table (shown with pytest -s)
+    print(
+        f"| {family} | {stage} | {full / mib:.2f} | {stage_plan.activations_full / mib:.2f} | "
+        f"{stage_plan.activations_full / full:.2f} | {checkpointed / mib:.2f} | "
+        f"{stage_plan.activations_checkpointed / mib:.2f} | {ratio:.2f} |"
+    )
     assert abs(ratio - 1) < ACTIVATION_TOLERANCE, (stage_plan.activations_checkpointed, checkpointed)
 
     # Weights, gradients and optimizer states: exact.
