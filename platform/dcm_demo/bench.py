@@ -54,8 +54,8 @@ def size_speed_variants() -> list[tuple[str, str]]:
     """Every (size, speed) pair, in a Latin-square order: variants ``v`` and ``v + len / 2`` differ in both words,
     so the two copies of a combination in the benchmark differ in size and in speed."""
     sizes, speeds = list(SIZES), list(SPEEDS)
-    count = len(sizes) * len(speeds)
-    return [(sizes[k // len(speeds)], speeds[(k // len(speeds) + k % len(speeds)) % len(speeds)]) for k in range(count)]
+    n = len(speeds)
+    return [(sizes[k // n], speeds[(k // n + k % n) % n]) for k in range(len(sizes) * n)]
 
 
 def bench_prompts(num: int, world: WorldConfig, *, first_seed: int = BENCH_SEEDS) -> list[BenchPrompt]:
@@ -111,7 +111,7 @@ class Row:
 @dataclass(frozen=True, kw_only=True)
 class RowResult:
     row: Row
-    metrics: dict[str, float]  # summarise() + distance_to_reference + (sampling_)seconds_per_video
+    metrics: dict  # summarise() + shape_confusion + distance_to_reference + (sampling_)seconds_per_video
     videos: np.ndarray = None  # (N, F, H, W, 3) uint8 after the MP4 round trip
 
 
@@ -171,11 +171,19 @@ def score_row(
     """Scores decoded videos against their prompts and (if given) the reference row's videos; ``seconds`` are
     :func:`generate_row`'s timings."""
     scores = [score_video(v, p.attributes, world) for v, p in zip(videos, prompts)]
-    metrics = summarise(scores)
+    metrics = summarise(scores) | {"shape_confusion": shape_confusion(scores, prompts, world)}
     if reference is not None:
         metrics["distance_to_reference"] = float(np.mean([pixel_distance(v, r) for v, r in zip(videos, reference)]))
     metrics.update(seconds)
     return RowResult(row=row, metrics=metrics, videos=videos)
+
+
+def shape_confusion(scores: Sequence, prompts: Sequence[BenchPrompt], world: WorldConfig) -> dict:
+    """``{prompted shape: {drawn shape: videos}}`` (``"none"`` where no object was found)."""
+    confusion = {shape: dict.fromkeys([*world.shapes, "none"], 0) for shape in world.shapes}
+    for score, prompt in zip(scores, prompts):
+        confusion[prompt.attributes.shape][score.predicted.get("shape", "none")] += 1
+    return confusion
 
 
 # (title, key) of the table's columns; an accuracy is printed with its 95 % Wilson interval.
@@ -185,6 +193,7 @@ COLUMNS = (
     *((f"{name} %", f"{name}_acc") for name in ACCURACY_METRICS),
     ("multi-blob frames %", "multi_blob_frames"),
     ("hole frames %", "hole_frames"),
+    ("area first → last px", "area_first_px"),
     ("area last / first", "area_growth"),
     ("jitter px", "jitter_px"),
     ("dist. to teacher-50", "distance_to_reference"),
@@ -213,17 +222,17 @@ def markdown_table(results: Sequence[RowResult], *, chance: dict[str, float], ce
     (ground truth through the VAE and an MP4). Accuracies in percent with [low, high] 95 % intervals."""
     header = "| row | " + " | ".join(title for title, _ in COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(COLUMNS)]
-    lines.append("| chance | " + " | ".join(_format(key, chance.get(key)) for _, key in COLUMNS) + " |")
-    for values in table_rows(results):
-        cells = [_format(key, values.get(key), values.get(f"{key}_ci")) for _, key in COLUMNS]
-        lines.append(f"| {values['name']} | " + " | ".join(cells) + " |")
+    named = [("chance", chance), *((values["name"], values) for values in table_rows(results))]
     if ceiling is not None:
-        cells = [_format(key, ceiling.get(key), ceiling.get(f"{key}_ci")) for _, key in COLUMNS]
-        lines.append("| ceiling: ground truth via VAE + MP4 | " + " | ".join(cells) + " |")
+        named.append(("ceiling: ground truth via VAE + MP4", ceiling))
+    for name, values in named:
+        lines.append(f"| {name} | " + " | ".join(_format(key, values) for _, key in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format(key: str, value, interval: Sequence[float] | None = None) -> str:
+def _format(key: str, values: dict) -> str:
+    """One cell: ``values[key]``; an accuracy with its ``<key>_ci`` interval, first frames' area with the last's."""
+    value, interval = values.get(key), values.get(f"{key}_ci")
     if value is None:
         return "—"
     if key in ("steps", "nfe"):
@@ -236,6 +245,8 @@ def _format(key: str, value, interval: Sequence[float] | None = None) -> str:
         return f"{value:.3f}"
     if key == "area_growth":
         return f"{value:.2f}"
+    if key == "area_first_px":
+        return f"{value:.0f} → {values['area_last_px']:.0f}"
     text = f"{value:.1f}" if np.isfinite(value) else "inf"
     return f"{text} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval is not None else text
 

@@ -1,6 +1,7 @@
-"""Distillation recipes of the demo stack: the bundled demo model and ShapesBench's comparison students.
+"""Recipes of the demo stack: its teachers, the demo model's distillation and ShapesBench's comparison students.
 
-``jobs/distill.py`` lists them beside the core recipes (:data:`dcm.distill.recipes.RECIPES`).
+``jobs/distill.py`` lists the distillation recipes beside the core recipes (:data:`dcm.distill.recipes.RECIPES`);
+``jobs/train_demo.py --teacher`` picks a teacher recipe. docs/demo-model.md holds the measurements behind them.
 """
 
 from __future__ import annotations
@@ -10,23 +11,23 @@ from dataclasses import replace
 from dcm.config import ScheduleConfig
 from dcm.distill.config import SEMANTIC_STAGE, DistillConfig
 from dcm.distill.recipes import tiny
+from dcm_demo.training import DemoTeacherConfig
 
 # The demo grid: 64x64, 17 frames (~80 tokens) use the shift the demo teacher trains with; shift 17 is for 480p-720p
 # videos. k = 25 puts the expert boundary at sigma[24] = 0.833.
 DEMO_SHIFT = 5.0
 DEMO_BOUNDARY_INDEX = 25
-# The demo model (jobs/train_demo.py): CFG 5 as its teacher samples (w = guidance - 1), a LoRA sized for its
+# The demo model (jobs/train_demo.py): guidance scale 5 as its teacher samples, a LoRA sized for its
 # 128-wide transformer, and the step budget of each stage on a 2-core CPU.
-DEMO_CFG_WEIGHT = 4.0
+DEMO_GUIDANCE_SCALE = 5.0
 DEMO_LORA_RANK = 16
 DEMO_LORA_ALPHA = 32.0
-DEMO_STEPS = 150  # per stage; stage I ~2.1 steps/s, stage II ~1.3 steps/s at batch 8 on 2 cores (outputs/demo6 logs)
+DEMO_STEPS = 150  # per stage: minutes on a 2-core CPU
 DEMO_BATCH_SIZE = 8
 DEMO_CHECKPOINT_EVERY = 100
 DEMO_LOG_EVERY = 25
-# Two detail phases, one per detail step of the 4-step sampler: with one phase the LoRA must jump from
-# sigma[k-1] = 0.83 straight to x0 and loses the prompted colour, which this teacher settles between sigma 0.94 and
-# 0.66 (README, "The demo grid"; with two phases and TINY_DISC_LR, DCM-4 colour 41 -> 60 % on validation prompts).
+# Two detail phases, one per detail step of the 4-step sampler: with one, the LoRA jumps from sigma[k-1] = 0.83
+# straight to x0 and loses the colour, which the demo teacher settles between sigma 0.94 and 0.66.
 DEMO_DETAIL_PHASES = 2
 PCM_PHASES = 4
 
@@ -42,7 +43,7 @@ def demo(*, teacher: str, data: str, output: str) -> DistillConfig:
         detail_expert=replace(base.detail_expert, lora_rank=DEMO_LORA_RANK, lora_alpha=DEMO_LORA_ALPHA),
         semantic=replace(base.semantic, num_steps=DEMO_STEPS),
         detail=replace(base.detail, num_steps=DEMO_STEPS),
-        teacher_cfg_weight=DEMO_CFG_WEIGHT,
+        teacher_guidance_scale=DEMO_GUIDANCE_SCALE,
         batch_size=DEMO_BATCH_SIZE,
         checkpoint_every=DEMO_CHECKPOINT_EVERY,
         log_every=DEMO_LOG_EVERY,
@@ -103,3 +104,19 @@ RECIPES = {
 }
 # ShapesBench's comparison students (jobs/train_demo.py --stage baselines): folder name -> recipe.
 DEMO_BASELINES = {"lcm": "demo-lcm", "pcm": "demo-pcm", "no-tcl": "demo-no-tcl", "no-gan": "demo-no-gan"}
+
+
+def teacher_6k() -> DemoTeacherConfig:
+    """The bundled demo model's teacher: 4 layers, width 128, 6000 steps, no EMA, training shift 5."""
+    return DemoTeacherConfig(num_steps=6000, ema_decay=0.0, shift=5.0, warmup_steps=0)
+
+
+def teacher_ema() -> DemoTeacherConfig:
+    """A constant learning rate after a short warm-up and an EMA of the weights (which does the annealing), so the
+    run can be extended without changing its first steps; more training at middle noise levels (shift 3)."""
+    lr = teacher_6k().lr
+    return replace(teacher_6k(), num_steps=12_000, lr=lr, min_lr=lr, warmup_steps=200, ema_decay=0.999, shift=3.0)
+
+
+# Teacher recipes (jobs/train_demo.py --teacher): name -> DemoTeacherConfig.
+TEACHER_RECIPES = {"6k": teacher_6k, "ema": teacher_ema}

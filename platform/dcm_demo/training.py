@@ -7,6 +7,7 @@ shifted-uniform sigmas and caption dropout (so classifier-free guidance works). 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import Tensor
 
+from dcm.config import DEFAULT_NUM_TRAIN_TIMESTEPS
 from dcm.distill.consistency import noisy
 from dcm.schedule import shift_sigma
 from dcm_demo.evaluate import score_video, summarise
@@ -24,105 +26,68 @@ from dcm_demo.world import COLOURS, WorldConfig, make_clip
 
 @dataclass(frozen=True, kw_only=True)
 class DemoVAEConfig:
-    """A small Wan VAE: 4x spatial, 4x temporal compression, 16 latent channels.
+    """A small Wan VAE: 4x spatial, 4x temporal compression, 16 latent channels (docs/demo-model.md, "The VAE").
 
-    The real Wan VAE compresses 8x in space; a CPU-sized one trained for minutes did not (measured: 8x with
-    ``dim_mult (1, 2, 2, 2)``, 1500 steps, rendered every shape as a blob and drifted colours). At 4x an object of
-    11-19 pixels spans 3-5 latent cells.
+    Training runs in three phases: ``num_steps - long_clip_steps`` steps on short clips cropped around the object,
+    ``long_clip_steps`` on two-chunk clips, then ``finetune_steps`` on full-length clips.
     """
 
     base_dim: int = 16
-    dim_mult: tuple[int, ...] = (1, 2, 2)
+    dim_mult: tuple[int, ...] = (1, 2, 2)  # 4x spatial: at 8x a CPU-sized VAE drew every shape as a blob
     temporal_downsample: tuple[bool, ...] = (True, True)
     z_dim: int = 16
     num_steps: int = 3000
     batch_size: int = 8
-    # Training clips are short (1 + 4k frames: the causal VAE's first frame plus k chunks of 4), which costs a
-    # fraction of a full clip; the chunked encoder/decoder then runs on clips of any 1 + 4k length. The last
-    # `long_clip_steps` steps use two-chunk clips (at a smaller batch) so the decoder also learns the hand-over of
-    # its cache from one chunk to the next (measured: trained on 5-frame clips only, colours drift after frame 5).
-    train_frames: int = 5
-    # Short-clip steps train on `crop_size` x `crop_size` windows around the object (the VAE is convolutional): a
-    # quarter of the pixels of a 64x64 frame, so four times the steps per second, spent where the shapes are.
-    # None (or frames no larger than it) trains on whole frames.
-    crop_size: int | None = 32
-    long_clip_frames: int = 9
+    train_frames: int = 5  # 1 + 4k frames: the causal VAE's first frame plus one chunk of 4, a cheap clip
+    crop_size: int | None = 32  # windows around the object: 4x the steps per second, spent where the shapes are
+    long_clip_frames: int = 9  # two chunks, so the decoder learns to hand its cache over from one to the next
     long_clip_batch_size: int = 2
     long_clip_steps: int = 500
-    # Then a fine-tune on full-length clips (all chunks, so the cache hand-over is learnt to the last frame) with an
-    # extra L1 term on image gradients that sharpens edges (triangle vs circle). Measured before it: frames 9-17
-    # of a 17-frame reconstruction lost their colours, and triangles came out as drops.
-    finetune_steps: int = 250
+    finetune_steps: int = 250  # full-length clips: the hand-over learnt up to the last frame
     finetune_batch_size: int = 2
     finetune_lr: float = 3e-4
     finetune_edge_weight: float = 1.0
-    # L1 on image gradients in the first phase too (the fine-tune has its own weight).
-    edge_weight: float = 1.0
+    edge_weight: float = 1.0  # L1 on image gradients: sharp edges tell a triangle from a circle
     lr: float = 1e-3
     min_lr: float = 1e-4  # end of the cosine decay
     kl_weight: float = 1e-6
-    # Gaussian noise of this std added to the posterior mean before decoding (0 turns it off), so that the decoder
-    # must tell colours apart through the noise. Without it (and without the colour hinge below) the encoder puts
-    # colours of similar brightness almost on top of each other (blue~purple at 0.12 of the latent distance to
-    # another layout, dcm_demo.geometry) and the teacher mixes them up. Measured with 0.1 (the means' std is ~0.4):
-    # the full VAE stage's held-out reconstructions 100 / 87.5 / 100 % colour / shape / direction (vs 96.9 / 81.2 /
-    # 100); on 16 clips red~green 0.20, blue~purple 0.21, green~blue 0.39, red~yellow 0.42 (vs 0.17, 0.12, 0.19,
-    # 0.87: more even, the closest pair not much further apart); its 6000-step teacher (50 steps, CFG 5), 96
-    # validation prompts: colour 85.4 % (vs 81.2), shape 38.5 % (vs 52.1), direction 95.8 % (vs 94.8). Off: the
-    # colour hinge below separates the colours further for the same shape cost.
-    latent_noise: float = 0.0
-    # Hinge on colour: every training clip is also encoded with its object repainted in another palette colour, and
-    # the loss adds `colour_contrast_weight * relu(colour_contrast_margin - d_colour / d_other)`, d_colour the latent
-    # distance between the two versions and d_other (no gradient) the distance from the clip to the next clip of the
-    # batch. It asks the encoder to keep colours apart, which plain reconstruction does not (see `latent_noise`); the
-    # decoder is untouched. Measured on the full `vae` stage, then a 6000-step teacher on it (50 steps, CFG 5, 96
-    # validation prompts; without the hinge: closest pair blue~purple 0.12, reconstructions 96.9 / 81.2 / 100 %
-    # colour / shape / direction, teacher 81.2 / 52.1 / 94.8 %):
-    # - margin 0.5: closest pair red~white 0.77 (blue~purple 1.08), reconstructions 100 / 84.4 / 100, but colour then
-    #   outweighs layout in the latents and the teacher falls to 71.9 / 19.8 / 71.9 (late-appearing blobs);
-    # - margin 0.25: closest pair green~purple 0.47, reconstructions 100 / 87.5 / 100, teacher 89.6 / 37.5 / 97.9
-    #   (jitter 1.48 px vs 2.23): colour and motion gained, shape lost, as with `latent_noise`. The default: its DCM-4
-    #   draws the prompted colour in 90.6 % of the validation videos (60.4 % on the VAE without the hinge).
+    # Hinge keeping colours apart in latent space (:func:`colour_contrast`): without it blue and purple encode nearly
+    # alike and the teacher mixes them up.
     colour_contrast_weight: float = 1.0
     colour_contrast_margin: float = 0.25
-    # Objects cover a few percent of the frame: without extra weight on their pixels the L1 loss is minimised by
-    # painting the background (measured: 0% ShapesBench on reconstructions of a plain-L1 VAE after 600 steps).
-    object_weight: float = 20.0
-    # ... and on a ring of this many pixels around them: weighting the object pixels alone makes a blurry edge
-    # cheaper painted in the object's colour than in the background's, so reconstructions swell into blobs
-    # (measured: squares and triangles decoded with the fill ratio of a disc, ShapesBench shape 37 %).
-    object_margin: int = 3
-    # A pixel counts as object when its colour is this far (L2 over RGB in [-1, 1]) from its frame's background.
-    object_threshold: float = 0.3
+    object_weight: float = 20.0  # objects cover a few percent of the frame: unweighted L1 paints the background
+    object_margin: int = 3  # a weighted ring around the object, or blurry edges swell into blobs
+    object_threshold: float = 0.3  # L2 over RGB in [-1, 1] from the frame's background: the object's pixels
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoTeacherConfig:
-    """A small Wan transformer teacher, trained on a fixed set of pre-encoded clips.
-
-    Patch (1, 2, 2) as in Wan2.1: each token carries 64 latent values for a width of 128. Measured with patch
-    (1, 4, 4) (256 values per token, 80 tokens, 0.15 s/step here): 8000 steps ended at a flow-matching loss of ~0.75
-    and its 50-step samples scored 50 % colour / 38 % direction on 8 ShapesBench prompts (blotches, stray objects);
-    with (1, 2, 2) (320 tokens, 0.24 s/step alone on 2 cores) the loss was below 0.5 after 500 steps.
-    """
+    """A small Wan transformer teacher, trained by flow matching on a fixed set of pre-encoded clips
+    (docs/demo-model.md, "The teacher", for the runs behind each setting)."""
 
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 32
     ffn_dim: int = 256
-    patch_size: tuple[int, int, int] = (1, 2, 2)
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # as Wan2.1; (1, 4, 4) left blotches and stray objects
     num_steps: int = 6000
     batch_size: int = 16
     lr: float = 5e-4
     min_lr: float = 5e-5  # end of the cosine decay
-    caption_dropout: float = 0.1
-    shift: float = 5.0
-    # The loss weighs latent cells that belong to the object `1 + object_weight` times (0 turns it off): the
-    # object covers ~10 % of the cells, and an unweighted loss spends the model on the background. A cell is
-    # object when its latent (normalised units) is further than `object_threshold` (L2 over channels) from the
-    # frame's median cell; 4 marks ~11 % of the cells of the demo data.
+    warmup_steps: int = 0
+    caption_dropout: float = 0.1  # the empty prompt's share, so classifier-free guidance has something to contrast
+    shift: float = 5.0  # of the training noise levels, sigma = shift(u), u uniform; sampling uses the demo grid's
+    ema_decay: float = 0.0  # 0: ship the trained weights; else an EMA of them
+    # Latent cells of the object (further than `object_threshold` from the frame's median cell, ~11 % of the cells)
+    # weigh `1 + object_weight` times in the loss: unweighted, the model is spent on the background.
     object_weight: float = 4.0
     object_threshold: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.warmup_steps < self.num_steps:
+            raise ValueError(f"warmup_steps must be in [0, num_steps={self.num_steps}), got {self.warmup_steps}")
 
 
 def clip_batch(seeds: range | list[int], world: WorldConfig) -> tuple[Tensor, list[str]]:
@@ -212,10 +177,8 @@ def vae_loss(
     :func:`recolour_objects`) also ``config.colour_contrast_weight`` x :func:`colour_contrast`; they are encoded, not
     decoded.
 
-    The decoder reads the posterior mean (a deterministic autoencoder, as the platform encodes with ``mode()``
-    for generation targets anyway) plus ``config.latent_noise``: sampling the posterior with its learned variance
-    during a CPU-sized training run left the decoder averaging over latent noise (measured: blurry blobs and lost
-    colours after 1500 steps).
+    The decoder reads the posterior mean: a deterministic autoencoder (sampling the posterior with its learned
+    variance left a CPU-sized decoder averaging over latent noise: docs/demo-model.md, "The VAE").
     """
     batch = len(pixels)
     contrast = recoloured is not None and config.colour_contrast_weight > 0
@@ -227,8 +190,6 @@ def vae_loss(
         latents = latents[:batch]
     else:
         loss = torch.zeros((), dtype=pixels.dtype)
-    if config.latent_noise:
-        latents = latents + config.latent_noise * torch.randn_like(latents)
     reconstruction = vae.decode(latents).sample
     weights = object_weights(pixels, weight=config.object_weight, threshold=config.object_threshold,
                              margin=config.object_margin)  # fmt: skip
@@ -365,43 +326,120 @@ def flow_matching_loss(
     With ``object_weight`` the squared errors are weighted by :func:`latent_object_weights` (a weighted mean)."""
     eps = torch.randn(x0.shape, generator=generator)
     sigma = shift_sigma(torch.rand(x0.shape[0], generator=generator), shift)
-    v = transformer(hidden_states=noisy(x0, eps, sigma), timestep=sigma * 1000, encoder_hidden_states=text,
-                    return_dict=False)[0]  # fmt: skip
+    v = transformer(hidden_states=noisy(x0, eps, sigma), timestep=sigma * DEFAULT_NUM_TRAIN_TIMESTEPS,
+                    encoder_hidden_states=text, return_dict=False)[0]  # fmt: skip
     if not object_weight:
         return F.mse_loss(v, eps - x0)
     weights = latent_object_weights(x0, weight=object_weight, threshold=object_threshold)
     return ((v - (eps - x0)) ** 2 * weights).sum() / (weights.sum() * x0.shape[1])
 
 
+def cosine_lr(step: int, *, lr: float, min_lr: float, num_steps: int, warmup_steps: int = 0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``num_steps`` (SGDR,
+    Loshchilov & Hutter 2017, one cycle): a pure function of the step, so a resumed run needs no scheduler state."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, num_steps - warmup_steps))
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class TeacherTrainer:
+    """Flow-matching training of a teacher on pre-encoded clips, one :meth:`train_step` at a time, with caption
+    dropout (a dropped caption becomes the empty prompt) and an optional EMA of the weights.
+
+    Its whole state (weights, EMA, optimiser moments, step, random generator) goes out through :meth:`state_dict`
+    and back through :meth:`load_state_dict`, so a run stopped after any step continues bit for bit.
+
+    Args:
+        transformer: the teacher (trained in place).
+        latents: (N, C, F, H, W) normalised VAE latents.
+        text: (N, L, D) prompt embeddings of their captions; negative: (1, L, D) the empty prompt's.
+        config: sizes, steps, learning rate, dropout, shift, EMA, loss weights.
+        seed: seeds the generator of batches, caption dropout, noise and sigmas.
+    """
+
+    def __init__(
+        self, transformer: WanTransformer3DModel, *, latents: Tensor, text: Tensor, negative: Tensor,
+        config: DemoTeacherConfig, seed: int = 0,
+    ) -> None:  # fmt: skip
+        if latents.ndim != 5 or text.shape[0] != latents.shape[0] or negative.shape[1:] != text.shape[1:]:
+            raise ValueError(f"need latents (N, C, F, H, W), text (N, L, D) and negative (1, L, D), got "
+                             f"{tuple(latents.shape)}, {tuple(text.shape)}, {tuple(negative.shape)}")  # fmt: skip
+        self.transformer, self.config = transformer.train(), config
+        self.latents, self.text, self.negative = latents, text, negative
+        self.optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr)
+        self.ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()} if config.ema_decay else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+    def train_step(self) -> float:
+        """One optimiser step on a random batch; returns its loss."""
+        config, batch = self.config, self.config.batch_size
+        lr = cosine_lr(self.step, lr=config.lr, min_lr=config.min_lr, num_steps=config.num_steps,
+                       warmup_steps=config.warmup_steps)  # fmt: skip
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows = torch.randint(0, len(self.latents), (batch,), generator=self.generator)
+        drop = torch.rand(batch, generator=self.generator) < config.caption_dropout
+        cond = torch.where(drop[:, None, None], self.negative.expand(batch, -1, -1), self.text[rows])
+        loss = flow_matching_loss(
+            self.transformer, self.latents[rows], cond, shift=config.shift, generator=self.generator,
+            object_weight=config.object_weight, object_threshold=config.object_threshold,
+        )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        if self.ema is not None:
+            self._update_ema()
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema += (1 - d) (w - ema)`` with ``d = min(ema_decay, (1 + step) / (10 + step))``: the warm-up keeps the
+        average from being dominated by the initial weights early on (as in timm's ModelEmaV2 with warm-up)."""
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for name, value in self.transformer.state_dict().items():
+            if value.is_floating_point():
+                self.ema[name].lerp_(value, 1 - decay)
+            else:
+                self.ema[name].copy_(value)
+
+    def final_state_dict(self) -> dict[str, Tensor]:
+        """The weights to ship: the EMA when there is one, else the trained weights."""
+        return dict(self.ema) if self.ema is not None else self.transformer.state_dict()
+
+    def state_dict(self) -> dict:
+        """``{"model", "ema" (or absent), "optimizer", "step", "generator"}``: tensors, numbers and dicts only."""
+        state = {"model": self.transformer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "generator": self.generator.get_state()}  # fmt: skip
+        if self.ema is not None:
+            state["ema"] = self.ema
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if ("ema" in state) != (self.ema is not None):
+            raise ValueError(f"checkpoint has ema={'ema' in state} but config.ema_decay={self.config.ema_decay}")
+        self.transformer.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema = {k: v.clone() for k, v in state["ema"].items()}
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+
 def train_teacher(
     transformer: WanTransformer3DModel, *, latents: Tensor, text: Tensor, negative: Tensor,
     config: DemoTeacherConfig, seed: int = 0, callback: Callable[[int, float], None] | None = None,
 ) -> list[float]:  # fmt: skip
-    """Flow-matching training on pre-encoded clips with caption dropout (a dropped caption becomes the empty prompt).
-
-    Args:
-        latents: (N, C, F, H, W) normalised VAE latents.
-        text: (N, L, D) prompt embeddings of their captions; negative: (1, L, D) the empty prompt's.
-    """
-    transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.num_steps, eta_min=config.min_lr)
-    generator = torch.Generator().manual_seed(seed)
+    """Trains for ``config.num_steps`` in one go (:class:`TeacherTrainer`) and leaves the transformer holding the
+    weights to ship (the EMA when there is one), in eval mode; returns the losses."""
+    trainer = TeacherTrainer(transformer, latents=latents, text=text, negative=negative, config=config, seed=seed)
     losses = []
-    for step in range(config.num_steps):
-        rows = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
-        drop = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
-        cond = torch.where(drop[:, None, None], negative.expand(config.batch_size, -1, -1), text[rows])
-        loss = flow_matching_loss(
-            transformer, latents[rows], cond, shift=config.shift, generator=generator,
-            object_weight=config.object_weight, object_threshold=config.object_threshold,
-        )  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+    while trainer.step < config.num_steps:
+        losses.append(trainer.train_step())
         if callback is not None:
-            callback(step, losses[-1])
+            callback(trainer.step - 1, losses[-1])
+    transformer.load_state_dict(trainer.final_state_dict())
     transformer.eval()
     return losses
