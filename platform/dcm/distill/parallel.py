@@ -77,8 +77,11 @@ def replicate(module: nn.Module, device: torch.device) -> nn.Module:
     if not is_distributed():
         return module
     device_ids = [device] if device.type == "cuda" else None
-    # Transformers have no running statistics: skip DDP's per-forward buffer broadcast.
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    # Transformers have no running statistics: no buffer sync per forward (rank 0's are broadcast once, at wrap time).
+    # Gradients live in DDP's buckets, not in a second copy (what the memory plan counts).
+    return DistributedDataParallel(
+        module, device_ids=device_ids, forward_sync_buffers=False, gradient_as_bucket_view=True
+    )
 
 
 def parallelize(
