@@ -130,3 +130,30 @@ def test_export_loads_back_into_our_sampler(trained_like, tmp_path):
     # A Wan2.2-style folder without our config: k is recovered from its boundary_ratio.
     (path / CONFIG_NAME).unlink()
     assert load_pipeline(str(path)).config.schedule.boundary_index == trained_like.config.schedule.boundary_index
+
+
+def test_weights_missing_from_a_folder_are_named(tmp_path):
+    """diffusers leaves weights a file lacks on the meta device (the model would fail at its first forward)."""
+    from safetensors.torch import load_file, save_file
+
+    WanPipeline(**tiny_wan_components()).save_pretrained(tmp_path / "teacher")
+    weights = tmp_path / "teacher" / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state.pop("blocks.0.ffn.net.2.weight")
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=r"transformer: 1 weights are missing .*blocks\.0\.ffn\.net\.2\.weight"):
+        load_pipeline(str(tmp_path / "teacher"))
+
+
+def test_bf16_load_keeps_the_float32_modules(trained_like, tmp_path):
+    """A DCM folder loaded in bf16 is cast as diffusers' torch_dtype casts: Wan's time embedder and modulation tables
+    stay float32 in both experts; latents come back float32."""
+    path = save_pretrained(trained_like, tmp_path / "model")
+    loaded = load_pipeline(str(path), dtype=torch.bfloat16)
+    backbone = loaded.transformer.transformer
+    assert loaded.dtype == torch.bfloat16 and backbone.blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+    for expert in ("semantic", "detail"):
+        embedder = backbone.condition_embedder.get_submodule(expert)
+        assert embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert backbone.scale_shift_table.dtype == torch.float32
+    assert latents(loaded).dtype == torch.float32

@@ -167,11 +167,13 @@ def test_released_lists_route_like_the_reference(released, family):
 
 
 def test_generate_job_writes_videos_from_a_released_folder(released, tmp_path):
-    from jobs.generate import main
+    from dcm.cli import run_job
+    from jobs.generate import main, parse_args
 
     out = tmp_path / "videos"
-    assert main(["--prompt", "a red circle", "--model", str(released["wan"]), "--output", str(out),
-                 "--num-frames", "9", "--height", "32", "--width", "32"]) == 0  # fmt: skip
+    args = parse_args(["--prompt", "a red circle", "--model", str(released["wan"]), "--output", str(out),
+                       "--num-frames", "9", "--height", "32", "--width", "32"])  # fmt: skip
+    assert run_job(main, args) == 0
     videos = sorted(out.glob("*.mp4"))
     assert len(videos) == 1
     frames = decode_mp4(videos[0].read_bytes()).frames
@@ -283,6 +285,9 @@ def test_converter_shards_a_large_transformer(released, tmp_path):
     torch.testing.assert_close(denoise[0](x, s, cond), denoise[1](x, s, cond), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="Wan family only"):
         convert_released(released["hunyuan"], tmp_path / "dcm2", export=tmp_path / "export")
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        convert_released(released["hunyuan"], tmp_path / "dcm")
+    assert not (tmp_path / "dcm2").exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
 # Runs in its own process so the measurement sees this load alone. Resident memory counts anonymous pages and the

@@ -24,7 +24,7 @@ import logging
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -477,26 +477,51 @@ def convert_released(
     timestep layers, ``dcm_config.json`` with the released defaults, the other components copied. The export:
     ``transformer`` = semantic expert, ``transformer_2`` = detail expert with the LoRA merged, ``boundary_ratio`` and a
     flow-matching Euler scheduler with the grid's shift.
+
+    Each folder is written beside its target under a ``.partial`` name and renamed when complete, so a failure leaves
+    no half-written model behind; an existing non-empty target is refused, not overwritten.
     """
     source, output = Path(source), Path(output)
+    export = Path(export) if export is not None else None
     layout = inspect_released(source)
     config = layout.model_config()
     if export is not None and layout.family != "wan":
         raise ValueError(f"a stock two-expert export exists for the Wan family only, got {layout.family!r}")
+    for target in (output, export):
+        if target is not None and target.exists() and any(target.iterdir()):
+            raise ValueError(f"{target} exists and is not empty: choose a new folder (nothing was written)")
     with TensorReader(layout.weights) as reader:
         semantic = list(semantic_tensors(layout, reader))
-        _copy_components(source, output, skip=(TRANSFORMER_DIR, CONFIG_NAME, DETAIL_DIR))
-        write_transformer(output / TRANSFORMER_DIR, semantic, reader.get, reader, _stock_config(layout),
-                          max_shard_bytes=max_shard_bytes)  # fmt: skip
-        _set_model_index(output, transformer=_stock_class(layout))
-        (output / DETAIL_DIR).mkdir(exist_ok=True)
-        detail = {k: v.contiguous() for k, v in detail_tensors(layout, reader).items()}
-        save_file(detail, str(output / DETAIL_DIR / WEIGHTS_NAME))
-        del detail
-        (output / CONFIG_NAME).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        with _partial(output) as folder:
+            _copy_components(source, folder, skip=(TRANSFORMER_DIR, CONFIG_NAME, DETAIL_DIR))
+            write_transformer(folder / TRANSFORMER_DIR, semantic, reader.get, reader, _stock_config(layout),
+                              max_shard_bytes=max_shard_bytes)  # fmt: skip
+            _set_model_index(folder, transformer=_stock_class(layout))
+            (folder / DETAIL_DIR).mkdir()
+            save_file({k: v.contiguous() for k, v in detail_tensors(layout, reader).items()},
+                      str(folder / DETAIL_DIR / WEIGHTS_NAME))  # fmt: skip
+            (folder / CONFIG_NAME).write_text(json.dumps(to_dict(config), indent=2) + "\n")
         if export is not None:
-            _write_export(layout, reader, semantic, Path(export), max_shard_bytes=max_shard_bytes)
+            with _partial(export) as folder:
+                _write_export(layout, reader, semantic, folder, max_shard_bytes=max_shard_bytes)
     return layout
+
+
+@contextmanager
+def _partial(target: Path) -> Iterator[Path]:
+    """A fresh ``.<name>.partial`` folder beside ``target``, renamed to ``target`` when the block succeeds and removed
+    when it fails."""
+    partial = target.parent / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if target.exists():
+        target.rmdir()  # empty (checked before writing)
+    partial.rename(target)
 
 
 def _write_export(
