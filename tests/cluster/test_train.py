@@ -24,7 +24,7 @@ from dcm.cli import run_job
 from dcm.cluster.train import run_distillation
 from dcm.data import LatentDataset, with_negative
 from dcm.distill.build import build_stage
-from dcm.distill.config import DETAIL_STAGE, FSDP, SEMANTIC_STAGE, STAGES, OptimizerConfig
+from dcm.distill.config import DDP, DETAIL_STAGE, FSDP, SEMANTIC_STAGE, STAGES, OptimizerConfig
 from dcm.distill.memory import shard_elements
 from dcm.distill.parallel import unwrap
 from dcm.distill.recipes import tiny, tiny_hunyuan
@@ -51,12 +51,17 @@ def wan_data(tmp_path_factory):
     return write_data("tiny-wan", str(tmp_path_factory.mktemp("wan") / "data"))
 
 
-# -- FSDP over 2 gloo workers: the library's build and train step, inspected inside the workers -------------------
+# -- 2 gloo workers (FSDP2, and DDP): the library's build and train step, inspected inside the workers --------------
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """A sharded (DTensor) parameter or gradient gathered whole (a collective), or the tensor itself."""
     return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().clone()
+
+
+def own(tensor: torch.Tensor) -> torch.Tensor:
+    """This worker's part of a parameter: its shard under FSDP, the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def disc_weights(models) -> torch.Tensor:
@@ -94,12 +99,13 @@ def fsdp_checks(loop_config: dict) -> None:
                                          config=stage_config)  # fmt: skip
             losses.append(metrics["loss_cd"])
         teacher = dict(models.teacher.named_parameters())
-        local = [params[n].to_local() for n in trainable]  # this worker's shards
-        states = [v.to_local() for st in optimizers.generator.state.values() for k, v in st.items() if k != "step"]
+        local = [own(params[n]) for n in trainable]  # this worker's shards (FSDP) or the whole tensors (DDP)
+        states = [own(v) for st in optimizers.generator.state.values() for k, v in st.items() if k != "step"]
+        shards = world if config.strategy == FSDP else 1
         result = {
             "local_elements": sum(t.numel() for t in local),
             "local_state_elements": sum(t.numel() for t in states),
-            "planned_elements": shard_elements(tuple(tuple(params[n].shape) for n in trainable), world),
+            "planned_elements": shard_elements(tuple(tuple(params[n].shape) for n in trainable), shards),
             "sharded": all(hasattr(params[n], "full_tensor") for n in trainable),
             "num_trainable": len(trainable),
             "no_grad": [n for n in trainable if params[n].grad is None or not full(params[n].grad).abs().sum() > 0],
@@ -119,15 +125,17 @@ def fsdp_checks(loop_config: dict) -> None:
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-@pytest.mark.parametrize("recipe", [tiny, tiny_hunyuan], ids=["wan", "hunyuan"])
-def test_fsdp_over_two_gloo_workers_trains_both_stages(ray_cluster, tmp_path, recipe):
+@pytest.mark.parametrize(
+    "recipe, strategy", [(tiny, FSDP), (tiny_hunyuan, FSDP), (tiny, DDP)], ids=["wan-fsdp", "hunyuan-fsdp", "wan-ddp"]
+)
+def test_two_gloo_workers_train_both_stages(ray_cluster, tmp_path, recipe, strategy):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     teacher = "tiny-wan" if recipe is tiny else "tiny-hunyuan"
     config = recipe(data=write_data(teacher, str(tmp_path / "data")), output=str(tmp_path / "out"))
     config = replace(
-        config, num_workers=2, strategy=FSDP,
+        config, num_workers=2, strategy=strategy,
         semantic=replace(config.semantic, optimizer=OptimizerConfig(lr=CHECK_LR)),
         detail=replace(config.detail, optimizer=OptimizerConfig(lr=CHECK_LR)),
     )  # fmt: skip
@@ -141,7 +149,7 @@ def test_fsdp_over_two_gloo_workers_trains_both_stages(ray_cluster, tmp_path, re
     report = trainer.fit().metrics
     for stage in STAGES:
         result = report[stage]
-        assert result["sharded"] and result["num_trainable"] > 0, (stage, result)
+        assert result["sharded"] == (strategy == FSDP) and result["num_trainable"] > 0, (stage, result)
         # rank 0 holds ceil(rows / 2) rows of every parameter and of its AdamW states: what the memory plan counts
         assert result["local_elements"] == result["planned_elements"], result
         assert result["local_state_elements"] == 2 * result["planned_elements"], result
