@@ -68,7 +68,12 @@ start() {
     return 0
   fi
   [ -x "$VENV/bin/ray" ] || { echo "local_cluster: $VENV/bin/ray not found; run bash scripts/setup.sh" >&2; exit 2; }
-  mkdir -p "$STATE"
+  # The state folder sits in a shared /tmp: it must be ours and private, or a planted symlink could redirect writes.
+  if [ -L "$STATE" ] || { [ -e "$STATE" ] && [ ! -O "$STATE" ]; }; then
+    echo "local_cluster: $STATE exists but is not a folder of this user; set DCM_CLUSTER_DIR elsewhere" >&2
+    exit 2
+  fi
+  mkdir -p -m 700 "$STATE"
   make_token
   local cpus=()
   [ -n "${DCM_RAY_NUM_CPUS:-}" ] && cpus=(--num-cpus "$DCM_RAY_NUM_CPUS")
