@@ -1,5 +1,6 @@
-"""scripts/local_cluster.sh as docs/cluster.md uses it: a loopback-only Ray head with token authentication, the batch
-job through ``ray job submit`` and through ``--address``, and a stop that leaves no process behind.
+"""scripts/local_cluster.sh as README.md and docs/cluster.md use it: a loopback-only Ray head with token
+authentication, the batch job through ``ray job submit`` and through ``--address``, the distillation job through
+``ray job submit``, the endpoint through ``serve run --address``, and a stop that leaves no process behind.
 
 Issue 21, item 1: ``ray job submit`` against a plain ``ray start --head`` failed with "Missing authentication token",
 and ``--address`` retried an invalid token for 38 s. The head runs in a temporary HOME and TMPDIR on free ports, so it
@@ -10,11 +11,14 @@ import ipaddress
 import os
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import pandas as pd
 import psutil
@@ -27,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RAY = os.path.join(ROOT, ".venv", "bin", "ray")
 SMALL = ["--model", "tiny-wan", "--num-frames", "9", "--height", "32", "--width", "32", "--steps", "2"]
 JOB_TIMEOUT_S = 300
+SERVE_START_TIMEOUT_S = 300
+SERVE_PORT = 8000  # Serve's default HTTP port: `serve run` with an import path has no flag for it
 # Variables the test session sets for its own Ray; a user's shell has none of them.
 SESSION_ONLY = ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")
 NOT_RUNNING = 3  # local_cluster.sh status: the LSB code for "not running"
@@ -61,6 +67,18 @@ def session_processes(head_pid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
     return found
+
+
+def serve_answers(process: subprocess.Popen) -> bool:
+    """Waits until the endpoint that ``serve run`` deploys answers ``/healthz``; False if the command ends first."""
+    deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/healthz", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(2)
+    return False
 
 
 def test_local_cluster_for_job_submit_and_address(tmp_path):
@@ -104,8 +122,32 @@ def test_local_cluster_for_job_submit_and_address(tmp_path):
                       manifest, "--output", str(tmp_path / "direct"), *SMALL], client_env)  # fmt: skip
         assert direct.returncode == 0, direct.stderr[-3000:]
         assert "2 rows: 2 ok" in direct.stdout and "connecting to Ray at 127.0.0.1" in direct.stderr
+
+        # README.md's cluster commands: the tiny distillation submitted without --address (the env names the job API).
+        from dcm.io.model_folder import load_pipeline
+        from dcm_demo.synthetic import write_synthetic_dataset
+
+        data = tmp_path / "tiny-data"
+        write_synthetic_dataset(load_pipeline("tiny-wan"), str(data), num_samples=4, num_frames=9, height=32, width=32)
+        distilled = run([RAY, "job", "submit", "--working-dir", ".", "--", "python", "jobs/distill.py", "--recipe",
+                         "tiny", "--data", str(data), "--output", str(tmp_path / "tiny-dcm"), "--semantic-steps", "2",
+                         "--detail-steps", "2"], client_env)  # fmt: skip
+        assert distilled.returncode == 0 and "succeeded" in distilled.stdout, distilled.stdout[-3000:]
+        assert (tmp_path / "tiny-dcm" / "final" / "dcm_config.json").is_file()
+
+        serve_log = open(tmp_path / "serve.log", "w")
+        served = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "serve"), "run", "--address", f"127.0.0.1:{gcs}",
+                                   "serve.app:dcm"], cwd=ROOT, env=client_env, stdout=serve_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            assert serve_answers(served), (tmp_path / "serve.log").read_text()[-3000:]
+            processes = session_processes(head_pid)
+            titles = [" ".join(p.cmdline()) for p in processes if p.is_running()]
+            assert any(title.startswith("ray::ProxyActor") for title in titles), titles  # in the head's Ray
+        finally:
+            os.killpg(served.pid, signal.SIGINT)  # what Ctrl-C does: serve run shuts its application down
+            served.wait(timeout=JOB_TIMEOUT_S)
         assert run([*script, "status"], env).returncode == 0
-        processes = session_processes(head_pid)
     finally:
         stopped = run([*script, "stop"], env)
         leftover = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -78,6 +78,24 @@ def test_kustomization_lists_existing_files():
         for env_file in generator["envs"]:
             assert (INFRA / "k8s" / env_file).exists(), env_file
     assert (INFRA / "k8s" / "s3-credentials.env.example").exists()
+    secrets = {generator["name"]: generator["envs"] for generator in kustomization["secretGenerator"]}
+    assert set(secrets) == {"dcm-s3-credentials", "dcm-ray-auth"}
+    for env_file in ["s3-credentials.env", "ray-auth.env"]:
+        assert (INFRA / "k8s" / f"{env_file}.example").exists(), f"{env_file}.example shows what {env_file} holds"
+
+
+def test_ray_token_authentication_is_on():
+    assert settings_env()["RAY_AUTH_MODE"] == "token"
+    example = (INFRA / "k8s" / "ray-auth.env.example").read_text()
+    assert re.search(r"^RAY_AUTH_TOKEN=", example, re.M)
+    ignored = (INFRA / "k8s" / ".gitignore").read_text().split()
+    assert "ray-auth.env" in ignored, "the real token file must never be committed"
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    for name in ["ray-head", "ray-worker"]:
+        environment = compose["services"][name]["environment"]
+        settings = environment if isinstance(environment, dict) else dict(e.split("=", 1) for e in environment)
+        assert settings["RAY_AUTH_MODE"] == "token", name
+        assert "RAY_AUTH_TOKEN" in settings, f"{name}: the token comes from the shell"
 
 
 def test_core_objects_and_pod_templates_validate_against_kubernetes_schemas():
@@ -116,8 +134,9 @@ def test_kuberay_objects_have_required_fields():
             for container in template["spec"]["containers"]:
                 assert container["image"] == "dcm-platform"  # set in one place: kustomization images
                 assert container["resources"]["limits"], name
-                refs = [next(iter(ref)) for ref in container.get("envFrom", [])]
-                assert "secretRef" in refs, f"{name}: S3 credentials come from the Secret"
+                secrets = [ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref]
+                assert "dcm-s3-credentials" in secrets, f"{name}: S3 credentials come from their Secret"
+                assert "dcm-ray-auth" in secrets, f"{name}: every Ray node needs the cluster's auth token"
         if obj["kind"] == "RayJob":
             assert spec["entrypoint"] and spec["shutdownAfterJobFinishes"] is True
             assert spec["ttlSecondsAfterFinished"] >= 0
