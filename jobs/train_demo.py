@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import replace
 
-from dcm.cluster.runtime import init_ray, shutdown_ray
+from dcm.cluster.runtime import ray_session
 from dcm_demo.recipes import DEMO_STEPS, TEACHER_RECIPES
 from dcm_demo.stages import (
     DEFAULT_DATA_CLIPS,
@@ -83,12 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         # 3. Distillation stages, on one Ray: a local one on 127.0.0.1, or $RAY_ADDRESS under `ray job submit`
         ray_stages = tuple(s for s in run.stages if s in RAY_STAGES)
         if ray_stages:
-            owns_ray = init_ray()
-            try:
+            with ray_session():
                 run_stages(run, ray_stages)
-            finally:
-                if owns_ray:
-                    shutdown_ray()
     except ValueError as error:
         if args.debug:
             raise
