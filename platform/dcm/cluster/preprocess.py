@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -63,7 +63,6 @@ class PreprocessConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 0.5
     endpoint_url: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def read_captions(config: PreprocessConfig) -> list[dict]:
