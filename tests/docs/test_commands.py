@@ -90,3 +90,29 @@ def test_block_runs_as_written(block):
                             timeout=BLOCK_TIMEOUT_S)  # fmt: skip
     assert result.returncode == 0, f"{block.name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n" \
                                    f"{result.stderr[-3000:]}"  # fmt: skip
+
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+HEADING = re.compile(r"^#+ (?P<title>.+)$", re.M)
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", m.group("title").strip().lower()).replace(" ", "-")
+            for m in HEADING.finditer(path.read_text())}  # fmt: skip
+
+
+def test_every_relative_link_resolves():
+    broken = []
+    for document in DOCUMENTS:
+        for match in LINK.finditer(document.read_text()):
+            target = match.group("target")
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (document.parent / path) if path else document
+            if not resolved.exists():
+                broken.append(f"{document.name}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+                broken.append(f"{document.name}: {target} (no such heading)")
+    assert not broken, broken
