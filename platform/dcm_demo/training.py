@@ -220,18 +220,26 @@ def train_vae(
         pixels, _ = clip_batch(range(start, start + batch), long if is_long else short)
         if config.crop_size is not None and config.crop_size < world.size and not is_long:
             pixels = object_crops(pixels, config.crop_size, threshold=config.object_threshold, generator=generator)
-        recoloured = (recolour_objects(pixels, world, threshold=config.object_threshold, generator=generator)
-                      if config.colour_contrast_weight else None)  # fmt: skip
-        loss = vae_loss(vae, pixels, config, edge_weight=config.edge_weight, recoloured=recoloured)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        losses.append(_vae_step(vae, optimizer, schedule, pixels, config, world, config.edge_weight, generator))
         if callback is not None:
             callback(step, losses[-1])
     vae.eval()
     return losses
+
+
+def _vae_step(
+    vae: AutoencoderKLWan, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+    pixels: torch.Tensor, config: DemoVAEConfig, world: WorldConfig, edge_weight: float, generator: torch.Generator,
+) -> float:  # fmt: skip
+    """One optimiser step of both VAE phases on ``pixels`` (the colour hinge's repainted copies drawn here)."""
+    recoloured = (recolour_objects(pixels, world, threshold=config.object_threshold, generator=generator)
+                  if config.colour_contrast_weight else None)  # fmt: skip
+    loss = vae_loss(vae, pixels, config, edge_weight=edge_weight, recoloured=recoloured)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.item()
 
 
 def finetune_vae(
@@ -251,14 +259,8 @@ def finetune_vae(
     for step in range(config.finetune_steps):
         start = first + step * config.finetune_batch_size
         pixels, _ = clip_batch(range(start, start + config.finetune_batch_size), world)
-        recoloured = (recolour_objects(pixels, world, threshold=config.object_threshold, generator=generator)
-                      if config.colour_contrast_weight else None)  # fmt: skip
-        loss = vae_loss(vae, pixels, config, edge_weight=config.finetune_edge_weight, recoloured=recoloured)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        losses.append(_vae_step(vae, optimizer, schedule, pixels, config, world, config.finetune_edge_weight,
+                                generator))  # fmt: skip
         if callback is not None:
             callback(step, losses[-1])
     vae.eval()

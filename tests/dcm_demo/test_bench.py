@@ -24,6 +24,9 @@ from dcm_demo.stages import CHECK_SEEDS, DATA_SEEDS, VAE_SEEDS
 from dcm_demo.world import SIZES, SPEEDS, WorldConfig, parse_caption
 
 WORLD = WorldConfig()
+# Grey levels (0-255) within which two renderings of one prompt and seed count as the same video.
+SAME_VIDEO_MEAN_LEVELS = 0.1
+SAME_VIDEO_MAX_LEVELS = 8
 COMBINATIONS = len(WORLD.colours) * len(WORLD.shapes) * len(WORLD.directions)
 
 
@@ -95,7 +98,11 @@ def test_generate_row_runs_a_real_pipeline_through_mp4(tiny_wan):
     assert videos.shape == (3, 17, 64, 64, 3) and videos.dtype == np.uint8
     assert 0 < seconds["sampling_seconds_per_video"] < seconds["seconds_per_video"]
     again, _ = generate_row(tiny_wan, row, prompts[:1])
-    assert np.array_equal(again[0], videos[0])  # a video depends on its prompt and seed only
+    # A video depends on its prompt and seed only: alone or in a batch of 3 it is the same up to float rounding
+    # (batched matmuls round differently, ~1e-6 in the latents), a grey level here and there after the MP4.
+    change = np.abs(again[0].astype(int) - videos[0].astype(int))
+    assert change.mean() < SAME_VIDEO_MEAN_LEVELS and change.max() <= SAME_VIDEO_MAX_LEVELS
+    assert np.abs(videos[1].astype(int) - videos[0].astype(int)).mean() > SAME_VIDEO_MEAN_LEVELS  # prompts differ
 
 
 def test_a_random_vae_has_a_low_ceiling(tiny_wan):
