@@ -118,6 +118,7 @@ class VideoGen:
             logger.warning("jobs are stored in the local folder %s: replicas on other nodes cannot see them (use an "
                            "s3:// storage with more than one node)", self.settings.storage)  # fmt: skip
         self.generator = VideoGenerator(self.settings.model, device=self.settings.device, limits=self.settings.limits)
+        self.batching = DEFAULT_BATCHING
         self.latency = Histogram(
             "dcm_generation_seconds",
             description="Seconds to generate (and encode) one batch of videos.",
@@ -127,7 +128,7 @@ class VideoGen:
         owner = f"{serve.get_replica_context().replica_id.unique_id}-{secrets.token_hex(4)}"
         self.jobs = JobService(
             store=JobStore(Store(self.settings.storage)), settings=self.settings.jobs, model=self.settings.model,
-            owner=owner, resolve=self.generator.resolve, submit=self._generate_batch,
+            owner=owner, resolve=self.generator.resolve, submit=self._submit,
         )  # fmt: skip
         self.jobs.start()  # the constructor runs on the replica's event loop
 
@@ -141,11 +142,19 @@ class VideoGen:
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs from ``user_config``: batch size and wait (no replica restart)."""
-        batching = BatchingSettings(**user_config)
-        self._generate_batch.set_max_batch_size(batching.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batching = BatchingSettings(**user_config)
+        self._generate_batch.set_max_batch_size(self.batching.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
 
     # -- the work -----------------------------------------------------------------------------------------
+
+    async def _submit(self, request: ResolvedRequest) -> VideoResult | None:
+        """Into the batch queue. A request this replica holds alone skips the batch wait: no other request is
+        here to join it, so waiting would only add the wait to its latency (the queue reads the wait when a batch
+        starts)."""
+        alone = self.jobs.load <= 1
+        self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.batching.batch_wait_timeout_s)
+        return await self._generate_batch(request)
 
     @serve.batch(
         max_batch_size=DEFAULT_BATCHING.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s
@@ -257,7 +266,7 @@ class VideoGen:
         self._authorize(request)
         resolved = await self._resolve_body(request, f"sync_{secrets.token_hex(8)}")
         async with self.jobs.reserve():
-            result = await self._generate_batch(resolved)
+            result = await self._submit(resolved)
         if not result.ok:
             status = 422 if result.error_field else 500
             raise ApiError(status, result.error, code="invalid_value" if result.error_field else "generation_failed",

@@ -214,6 +214,15 @@ def test_eight_jobs_at_once_are_batched(client):
     assert max(v.batch_size for v in done) > 1, [v.batch_size for v in done]
 
 
+def test_a_lone_job_skips_the_batch_wait(client):
+    # The server batches with a 0.3 s wait; a job the replica holds alone has nothing to wait for.
+    wait_s = 0.3
+    created = client.videos.create(prompt="a lone green square", extra_body={"seed": 77, **SMALL})
+    done = wait_done(client, created.id)
+    assert done.status == "completed" and done.batch_size == 1
+    assert done.queue_seconds < wait_s, done.queue_seconds
+
+
 def test_progress_moves_while_the_poll_header_says_when_to_ask(server):
     status, headers, body = call(server["base"] + "/v1/videos", {"prompt": "a long purple circle",
                                  "num_frames": 65, "height": 128, "width": 128}, headers=AUTH)  # fmt: skip
