@@ -208,9 +208,7 @@ def prepare_distillation(
                 "--strategy fsdp, a smaller video or batch), or pass --ignore-memory-plan"
             )
     identity = run_identity(config, inputs.data_meta)
-    claim_run(config, identity)
-    stages = {stage: fingerprint(stage_identity(identity, config, stage)) for stage in config.stages}
-    return PreparedRun(config=config, fingerprints=stages)
+    return PreparedRun(config=config, fingerprints=claim_run(config, identity))
 
 
 def train_stages(run: PreparedRun) -> dict[str, dict]:
@@ -277,17 +275,19 @@ def resolve_paths(config: DistillConfig, *, on_cluster: bool) -> DistillConfig:
                    output=absolute(config.output), storage_path=absolute(config.storage()))  # fmt: skip
 
 
-def claim_run(config: DistillConfig, identity: dict) -> None:
+def claim_run(config: DistillConfig, identity: dict) -> dict[str, str]:
     """Writes the run's record beside its output and each stage's identity beside that stage's checkpoint folder,
-    after checking that no other run owns them. A folder another run wrote (another fingerprint), or one holding files
-    without a record, is refused.
+    after checking that no other run owns them; returns each stage's fingerprint. A folder another run wrote (another
+    fingerprint), or one holding files without a record, is refused.
 
     Raises:
         ValueError: naming the folder, the other run and how the two differ.
     """
-    stage_folders = {s: f"{config.storage().rstrip('/')}/{stage_run_name(config, s)}" for s in config.stages}
+    stages = {s: stage_identity(identity, config, s) for s in config.stages}
     claims = [(config.output, identity, [f"{config.output.rstrip('/')}/{d}" for d in STAGE_DIRS.values()])]
-    claims += [(folder, stage_identity(identity, config, s), [folder]) for s, folder in stage_folders.items()]
+    for stage, ours in stages.items():
+        folder = f"{config.storage().rstrip('/')}/{stage_run_name(config, stage)}"
+        claims.append((folder, ours, [folder]))
     for folder, ours, owned in claims:
         store = Store(folder)
         if store.exists(RUN_RECORD):
@@ -304,3 +304,4 @@ def claim_run(config: DistillConfig, identity: dict) -> None:
     for folder, ours, _ in claims:
         record = {"fingerprint": fingerprint(ours), "identity": ours}
         Store(folder).put_bytes(RUN_RECORD, json.dumps(record, indent=2).encode(), content_type="application/json")
+    return {stage: fingerprint(ours) for stage, ours in stages.items()}
